@@ -1,0 +1,21 @@
+"""Input pipelines: embedded demo photographs and TFDS (cifar10, celeb_a) datasets.
+
+`make_dataset(name, image_size=..., seed=...)` is the entry point; its batches
+are float32 NumPy arrays on the host, in [0, 1].
+"""
+
+from gmvq_jax.data.registry import DATASET_NAMES
+from gmvq_jax.data.registry import DatasetNotPreparedError
+from gmvq_jax.data.registry import DEFAULT_IMAGE_SIZE
+from gmvq_jax.data.registry import ImageDataset
+from gmvq_jax.data.registry import make_dataset
+from gmvq_jax.data.registry import validate_dataset_name
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_IMAGE_SIZE",
+    "DatasetNotPreparedError",
+    "ImageDataset",
+    "make_dataset",
+    "validate_dataset_name",
+]

@@ -1,0 +1,59 @@
+"""Fields shared by every training config; each experiment file overrides some.
+
+Not a config itself: `configs/<experiment>.py` files call `base.get_config()`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.method = "gmvq"
+  config.seed = 0
+
+  # Data: 'embedded' (photographs shipped with scikit-image), 'cifar10', 'celeb_a'.
+  config.dataset = "embedded"
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
+  config.image_size = 32
+  config.num_eval_examples = ml_collections.config_dict.placeholder(int)  # None: dataset default.
+
+  config.batch_size = 256  # Global, over all devices.
+  config.eval_batch_size = 256
+  config.num_steps = 1000
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: evaluate only at the end.
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.parallelism = "shard_map"  # 'jit' (one device), 'pmap' or 'shard_map'.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.channels = (32, 64)
+  config.model.num_res_blocks = 2
+  config.model.dtype = "float32"  # Or 'bfloat16'; quantizer math stays float32.
+
+  config.quantizer = ml_collections.ConfigDict()
+  config.quantizer.num_codes = 1024  # C
+  config.quantizer.latent_dim = 64  # L
+  config.quantizer.beta = 1.0
+  config.quantizer.gamma = 1e-3
+  config.quantizer.sigma_z2 = 0.5  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
+  config.quantizer.objective = "albo"  # Or 'elbo'.
+  config.quantizer.latent_reg = "sampled"  # Or 'aggregated'.
+  config.quantizer.tau_0 = 2.0
+  config.quantizer.tau_min = 0.1
+  config.quantizer.anneal_fraction = 0.8
+  config.quantizer.kmeans_init = True
+  config.quantizer.kmeans_seeding = "kmeans++"  # Or 'random'.
+  config.quantizer.kmeans_iters = 20
+  config.quantizer.kmeans_batches = 1
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.peak_lr = 1e-3
+  config.optimizer.init_lr_fraction = 0.2  # Warm-up starts at 0.2 x peak.
+  config.optimizer.end_lr_fraction = 0.0
+  config.optimizer.warmup_steps = 100
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.grad_clip = 0.0  # 0 disables clipping.
+  return config

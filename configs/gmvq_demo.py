@@ -1,0 +1,35 @@
+"""GM-VQ on crops of the photographs scikit-image ships: the CPU demo.
+
+`python -m launch.train --config=configs/gmvq_demo.py --workdir=DIR`; the
+`:smoke` variant (`--config=configs/gmvq_demo.py:smoke`) runs in seconds.
+"""
+
+from configs import base
+
+
+def get_config(variant: str | None = None):
+  config = base.get_config()
+  config.dataset = "embedded"
+  config.image_size = 32
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_steps = 3000
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.optimizer.peak_lr = 2e-3
+  config.optimizer.warmup_steps = 300
+  if variant == "smoke":
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_eval_examples = 32
+    config.num_steps = 6
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.optimizer.warmup_steps = 2
+    config.model.channels = (8, 16)
+    config.model.num_res_blocks = 1
+    config.quantizer.num_codes = 64
+    config.quantizer.latent_dim = 8
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of gmvq_demo; known: 'smoke'.")
+  return config

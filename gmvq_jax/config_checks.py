@@ -1,0 +1,116 @@
+"""Validates a training config before anything is compiled.
+
+Every error names the offending field, its value, and what is allowed, so a
+bad `--config.FIELD=VALUE` fails in milliseconds instead of after a compile.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ml_collections
+
+from gmvq_jax import data
+from gmvq_jax import parallel
+from gmvq_jax.models import networks
+from gmvq_jax.quantizers import gmvq, kmeans
+
+METHODS = ("gmvq",)
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config field has a value the library cannot run with."""
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{field} is missing; see configs/gmvq_demo.py for the full set of fields.")
+    node = node[part]
+  return node
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
+
+
+def _choice(config, field: str, choices: Iterable[str]) -> None:
+  value = _get(config, field)
+  choices = tuple(choices)
+  _require(value in choices, field, value, f"allowed values are {choices}")
+
+
+def _int_at_least(config, field: str, minimum: int, why: str = "") -> int:
+  value = _get(config, field)
+  ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+  _require(ok, field, value, f"must be an integer >= {minimum}{why}")
+  return value
+
+
+def _number(config, field: str, *, minimum: float, strict: bool = False) -> float:
+  value = _get(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and (value > minimum if strict else value >= minimum)
+  _require(ok, field, value, f"must be a number {'>' if strict else '>='} {minimum}")
+  return value
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError for the first invalid field of a training config.
+
+  Args:
+    config: the run's ConfigDict (see configs/).
+    num_devices: devices the global batch will be split over.
+  """
+  _choice(config, "method", METHODS)
+  _choice(config, "dataset", data.DATASET_NAMES)
+  _choice(config, "parallelism", parallel.MODES)
+  _choice(config, "model.dtype", DTYPES)
+
+  image_size = _int_at_least(config, "image_size", networks.DOWNSAMPLING)
+  _require(image_size % networks.DOWNSAMPLING == 0, "image_size", image_size,
+           f"must divide by {networks.DOWNSAMPLING}, the encoder's downsampling factor"
+           f" (two stride-2 convolutions); e.g. {image_size - image_size % networks.DOWNSAMPLING}")
+
+  batch_size = _int_at_least(config, "batch_size", 1)
+  if config.parallelism != "jit" and num_devices > 1:
+    _require(batch_size % num_devices == 0, "batch_size", batch_size,
+             f"the global batch must divide by the {num_devices} devices; use a multiple"
+             f" of {num_devices} or --config.parallelism=jit for one device")
+  _int_at_least(config, "eval_batch_size", 1)
+  num_steps = _int_at_least(config, "num_steps", 1)
+  _int_at_least(config, "log_every_steps", 1)
+  _int_at_least(config, "checkpoint_every_steps", 1)
+  _int_at_least(config, "eval_every_steps", 0, " (0 evaluates only at the end)")
+  _int_at_least(config, "seed", 0)
+
+  channels = _get(config, "model.channels")
+  _require(len(tuple(channels)) == 2 and all(int(c) >= 1 for c in channels),
+           "model.channels", channels, "must be two positive widths, e.g. (32, 64)")
+  _int_at_least(config, "model.num_res_blocks", 0)
+
+  _int_at_least(config, "quantizer.num_codes", 2, " (a codebook needs at least two codes)")
+  _int_at_least(config, "quantizer.latent_dim", 1)
+  _number(config, "quantizer.beta", minimum=0.0)
+  _number(config, "quantizer.gamma", minimum=0.0)
+  _number(config, "quantizer.sigma_z2", minimum=0.0, strict=True)
+  _choice(config, "quantizer.objective", gmvq.OBJECTIVES)
+  _choice(config, "quantizer.latent_reg", gmvq.LATENT_REGS)
+  tau_min = _number(config, "quantizer.tau_min", minimum=0.0, strict=True)
+  tau_0 = _number(config, "quantizer.tau_0", minimum=0.0, strict=True)
+  _require(tau_0 >= tau_min, "quantizer.tau_0", tau_0, f"must be >= quantizer.tau_min={tau_min}")
+  fraction = _number(config, "quantizer.anneal_fraction", minimum=0.0, strict=True)
+  _require(fraction <= 1.0, "quantizer.anneal_fraction", fraction, "must be in (0, 1]")
+  _choice(config, "quantizer.kmeans_seeding", kmeans.SEEDINGS)
+  _int_at_least(config, "quantizer.kmeans_iters", 0)
+  _int_at_least(config, "quantizer.kmeans_batches", 1)
+
+  _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
+  _number(config, "optimizer.weight_decay", minimum=0.0)
+  _number(config, "optimizer.grad_clip", minimum=0.0)
+  warmup = _int_at_least(config, "optimizer.warmup_steps", 0)
+  _require(warmup < num_steps, "optimizer.warmup_steps", warmup,
+           f"must be smaller than num_steps={num_steps}")

@@ -1,0 +1,72 @@
+"""Reconstruction and codebook metrics: MSE, PSNR, perplexities, code usage.
+
+Pure array functions; each works on jax or numpy arrays. The paper's
+perplexity (paper 001, Sec. 5.1) is `exp(H(qbar))` of one evaluation batch;
+the hard perplexity is over the argmax codes of a whole evaluation set.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def mse(images, reconstructions):
+  """Mean squared error over all pixels and channels, images in [0, 1]."""
+  diff = jnp.asarray(images, jnp.float32) - jnp.asarray(reconstructions, jnp.float32)
+  return jnp.mean(jnp.square(diff))
+
+
+def psnr(mean_squared_error, max_value: float = 1.0):
+  """Peak signal-to-noise ratio in dB from an MSE on [0, max_value] pixels."""
+  return 10.0 * jnp.log10(max_value**2 / jnp.asarray(mean_squared_error, jnp.float32))
+
+
+def entropy(probs, axis: int = -1):
+  """Shannon entropy in nats; zero-probability entries contribute 0."""
+  probs = jnp.asarray(probs, jnp.float32)
+  logs = jnp.log(jnp.where(probs > 0, probs, 1.0))
+  return -jnp.sum(probs * logs, axis=axis)
+
+
+def perplexity(probs, axis: int = -1):
+  """exp(H(p)): the paper's perplexity when `p` is the batch-mean posterior qbar."""
+  return jnp.exp(entropy(probs, axis))
+
+
+def hard_perplexity(code_counts):
+  """exp of the entropy of the histogram of argmax codes.
+
+  Args:
+    code_counts: (C,) how often each code was chosen over an evaluation set.
+  """
+  counts = jnp.asarray(code_counts, jnp.float32)
+  return perplexity(counts / jnp.maximum(jnp.sum(counts), 1.0))
+
+
+def code_usage(code_counts):
+  """Fraction of the C codes chosen at least once."""
+  counts = jnp.asarray(code_counts)
+  return jnp.mean((counts > 0).astype(jnp.float32))
+
+
+def summarize_eval(sums: dict) -> dict[str, float]:
+  """Turns accumulated evaluation sums into the reported figures.
+
+  Args:
+    sums: host numpy sums over an evaluation set with keys
+      `squared_error` (sum over pixels), `num_values` (pixel-channels),
+      `batch_perplexity_sum` and `num_batches` (the paper's per-batch
+      perplexity, averaged over batches) and `code_counts` (C,).
+
+  Returns:
+    mse, psnr, perplexity, hard_perplexity, code_usage as Python floats.
+  """
+  mean_sq = float(sums["squared_error"]) / max(float(sums["num_values"]), 1.0)
+  return dict(
+      mse=mean_sq,
+      psnr=float(psnr(mean_sq)),
+      perplexity=float(sums["batch_perplexity_sum"]) / max(float(sums["num_batches"]), 1.0),
+      hard_perplexity=float(hard_perplexity(np.asarray(sums["code_counts"]))),
+      code_usage=float(code_usage(np.asarray(sums["code_counts"]))),
+  )

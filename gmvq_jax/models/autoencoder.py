@@ -1,0 +1,108 @@
+"""Autoencoder glue: encoder -> GM-VQ quantizer -> decoder.
+
+The quantizer itself is the pure `gmvq_jax.quantizers.gmvq.quantize`; this
+module only owns the codebook parameter and reshapes the latent grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gmvq_jax.models import networks
+from gmvq_jax.quantizers import gmvq
+
+
+def vector_keys(example_keys: jax.Array, vectors_per_example: int) -> jax.Array:
+  """One key per latent vector, from one key per example.
+
+  Args:
+    example_keys: (B,) typed keys.
+    vectors_per_example: h * w.
+
+  Returns:
+    (B * h * w,) typed keys, row-major over (example, position).
+  """
+  positions = jnp.arange(vectors_per_example)
+  per_example = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))
+  return per_example(example_keys).reshape(-1)
+
+
+class GMVQAutoencoder(nn.Module):
+  """The GM-VQ model: the encoder emits (zh, r) of width L each (Eq. 15).
+
+  Attributes:
+    num_codes: C.
+    latent_dim: L.
+    sigma_z2: the fixed variance of Eq. 18.
+    channels: widths of the two stride-2 stages.
+    num_res_blocks: residual blocks in encoder and decoder.
+    axis_name: batch axis for cross-device BatchNorm, None on one device.
+    dtype: network compute dtype; quantizer math is always float32.
+  """
+
+  num_codes: int
+  latent_dim: int
+  sigma_z2: float = 1.0
+  channels: Sequence[int] = (32, 64)
+  num_res_blocks: int = 2
+  axis_name: Any = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = networks.Encoder(
+        2 * self.latent_dim, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.decoder = networks.Decoder(
+        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.codebook = self.param(
+        "codebook", nn.initializers.normal(1.0), (self.num_codes, self.latent_dim), jnp.float32)
+
+  def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Images (B, H, W, 3) -> (zh, r), each (B, h, w, L) float32."""
+    out = self.encoder(images, train).astype(jnp.float32)
+    return out[..., : self.latent_dim], out[..., self.latent_dim:]
+
+  def decode(self, z: jax.Array, train: bool) -> jax.Array:
+    """Latents (B, h, w, L) -> images (B, H, W, 3) in (0, 1)."""
+    return self.decoder(z, train)
+
+  def __call__(
+      self,
+      images: jax.Array,
+      *,
+      train: bool,
+      example_keys: jax.Array | None = None,
+      temperature: jax.Array | float = 1.0,
+  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Encodes, quantizes and decodes.
+
+    Args:
+      images: (B, H, W, 3) in [0, 1].
+      train: Gumbel sampling and batch statistics (True), or the noise-free
+        argmax and running statistics (False).
+      example_keys: (B,) typed keys, one per example; required when `train`.
+      temperature: Gumbel-softmax temperature.
+
+    Returns:
+      `(reconstructions, z, aux)`: (B, H, W, 3), (N, L) with N = B h w, and
+      the quantizer's aux dict.
+    """
+    zh, raw_weights = self.encode(images, train)
+    batch, height, width, dim = zh.shape
+    rng = None
+    if train:
+      rng = vector_keys(example_keys, height * width)
+    z, aux = gmvq.quantize(
+        self.codebook,
+        zh.reshape(-1, dim),
+        raw_weights.reshape(-1, dim),
+        rng=rng,
+        temperature=temperature,
+        sigma_z2=self.sigma_z2,
+        train=train,
+    )
+    reconstructions = self.decode(z.reshape(batch, height, width, dim), train)
+    return reconstructions, z, aux

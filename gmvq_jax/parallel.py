@@ -1,0 +1,118 @@
+"""How a step function is compiled across devices: jit, pmap or jit(shard_map).
+
+The step functions in train_lib are written once, with collectives over one
+named batch axis (`AXIS`). `Parallelism` compiles them for one device (plain
+jit, no axis), `jax.pmap`, or `jax.jit(jax.shard_map(...))` over a 1-D mesh,
+and moves states and batches to where each mode wants them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "batch"
+MODES = ("jit", "pmap", "shard_map")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallelism:
+  """One way of running a step on `devices`.
+
+  Attributes:
+    mode: 'jit' (one device), 'pmap' or 'shard_map'.
+    devices: the devices the batch is split over.
+  """
+
+  mode: str
+  devices: tuple[Any, ...]
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  @property
+  def axis_name(self) -> str | None:
+    """The named batch axis for collectives, None under plain jit."""
+    return None if self.mode == "jit" else AXIS
+
+  @functools.cached_property
+  def mesh(self) -> Mesh:
+    return Mesh(np.asarray(self.devices), (AXIS,))
+
+  def compile_step(self, step_fn: Callable, *, donate_state: bool = True) -> Callable:
+    """Compiles `step_fn(state, batch, rng, *, axis_name) -> (state, metrics)`.
+
+    The returned callable takes (state, batch, rng) as placed by
+    `put_state` / `put_batch` and returns a state placed the same way and
+    metrics that are identical on every device.
+    """
+    fn = functools.partial(step_fn, axis_name=self.axis_name)
+    donate = (0,) if donate_state else ()
+    if self.mode == "jit":
+      return jax.jit(fn, donate_argnums=donate)
+    if self.mode == "pmap":
+      return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), devices=self.devices,
+                      donate_argnums=donate)
+    # check_vma=False keeps pmap's semantics for collectives under autodiff:
+    # each device differentiates its own loss and gradients are pmean-ed
+    # explicitly, so the same step function serves both modes.
+    sharded = jax.shard_map(
+        fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
+        check_vma=False)
+    return jax.jit(sharded, donate_argnums=donate)
+
+  def put_state(self, state: Any) -> Any:
+    """Places one copy of `state` for the step: replicated on every device."""
+    # Always a copy: the compiled step donates its state buffers, and the
+    # caller's state must stay valid.
+    if self.mode == "jit":
+      return jax.device_put(state, self.devices[0], may_alias=False)
+    if self.mode == "pmap":  # A leading device axis, one slice per device.
+      stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.num_devices), state)
+      return jax.device_put(stacked, NamedSharding(self.mesh, P(AXIS)))
+    return jax.device_put(state, NamedSharding(self.mesh, P()), may_alias=False)
+
+  def get_state(self, state: Any) -> Any:
+    """One copy of a placed state (pmap: the first device's)."""
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: x[0], state)
+    return state
+
+  def put_batch(self, batch: np.ndarray) -> jax.Array:
+    """Splits a global host batch (B, ...) along B over the devices."""
+    if batch.shape[0] % self.num_devices:
+      raise ValueError(
+          f"Global batch {batch.shape[0]} does not divide by {self.num_devices} devices.")
+    if self.mode == "jit":
+      return jax.device_put(batch, self.devices[0])
+    if self.mode == "pmap":
+      local = batch.reshape((self.num_devices, -1) + batch.shape[1:])
+      return jax.device_put(local, NamedSharding(self.mesh, P(AXIS)))
+    return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+
+  def get_metrics(self, metrics: Any) -> Any:
+    """Host numpy copy of metrics (identical on every device after pmean)."""
+    metrics = jax.device_get(metrics)
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
+    return jax.tree.map(np.asarray, metrics)
+
+
+def make(mode: str, devices: Sequence[Any] | None = None) -> Parallelism:
+  """A `Parallelism` over `devices` (default: all local devices).
+
+  With a single device every mode compiles with plain jit: the collectives
+  over one device are identities, so nothing changes but the overhead.
+  """
+  if mode not in MODES:
+    raise ValueError(f"parallelism={mode!r}; allowed: {MODES}.")
+  devices = tuple(jax.local_devices() if devices is None else devices)
+  if mode == "jit" or len(devices) == 1:
+    return Parallelism("jit", devices[:1])
+  return Parallelism(mode, devices)

@@ -1,0 +1,247 @@
+"""GM-VQ: Gaussian-mixture vector quantization and the ALBO objective.
+
+Pure functions on flattened `(N, L)` latents, as specified in ALGORITHMS.md §1
+(paper 001, Eqs. 12-18). No training-loop code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gmvq_jax.quantizers import common
+
+OBJECTIVES = ("albo", "elbo")
+LATENT_REGS = ("sampled", "aggregated")
+VARIANCE_FLOOR = 1e-8
+
+Array = jax.Array
+
+
+def logits(zh: Array, weights: Array, codebook: Array) -> Array:
+  """Mahalanobis-like logits of Eq. 16, in matrix-product form.
+
+  l_c = -1/2 sum_i w_i (zh_i - M_ci)^2
+      = -1/2 [ sum_i w_i zh_i^2 - 2 (w * zh) . M_c + w . (M_c * M_c) ]
+
+  Two `(N, L) @ (L, C)` products; no `(N, C, L)` tensor is formed.
+
+  Args:
+    zh: (N, L) proxy latents.
+    weights: (N, L) positive weights `w = softplus(r)` (Eq. 15).
+    codebook: (C, L) Gaussian means `M`.
+
+  Returns:
+    (N, C) float32 logits.
+  """
+  zh = zh.astype(jnp.float32)
+  weights = weights.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  hp = jax.lax.Precision.HIGHEST  # Cancellation in the expanded form needs full f32.
+  self_term = jnp.sum(weights * zh * zh, axis=-1, keepdims=True)  # (N, 1)
+  cross = jnp.dot(weights * zh, codebook.T, precision=hp)  # (N, C)
+  code_term = jnp.dot(weights, (codebook * codebook).T, precision=hp)  # (N, C)
+  return -0.5 * (self_term - 2.0 * cross + code_term)
+
+
+def gumbel_softmax_straight_through(
+    rng: Array, log_probs: Array, temperature: Array | float
+) -> tuple[Array, Array]:
+  """Straight-through Gumbel-softmax sample (Sec. 3.3.2).
+
+  Args:
+    rng: a typed key, or an (N,) array of keys (one per row, which makes the
+      draw independent of how rows are split across devices).
+    log_probs: (N, C) log q(c|x).
+    temperature: scalar tau > 0.
+
+  Returns:
+    `(c_q, y)`: `c_q` (N, C) is one-hot in the forward pass and carries the
+    gradient of the soft sample `y` (N, C).
+  """
+  noise = common.draw(jax.random.gumbel, rng, log_probs.shape)
+  y = jax.nn.softmax((log_probs + noise) / temperature, axis=-1)
+  hard = jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=y.dtype)
+  return hard + y - jax.lax.stop_gradient(y), y
+
+
+def quantize(
+    codebook: Array,
+    zh: Array,
+    raw_weights: Array,
+    *,
+    rng: Array | None = None,
+    temperature: Array | float = 1.0,
+    sigma_z2: float = 1.0,
+    train: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """GM-VQ forward pass.
+
+  Training (`train=True`): Gumbel-softmax straight-through code `c_q`,
+  `z_c = c_q @ M`, adaptive variance `s2 = (c_q . d) / (2 L sigma_z2)` with
+  `d_c = ||zh - M_c||^2` (Eq. 18), and `z = z_c + sqrt(s2) * eps`.
+  Evaluation (`train=False`): `c = argmax_c l_c`, `z = M_c`, no noise.
+
+  Args:
+    codebook: (C, L) Gaussian means.
+    zh: (N, L) proxy latents.
+    raw_weights: (N, L) raw weights `r`; `w = softplus(r)` (Eq. 15).
+    rng: typed key or (N,) keys; required when `train`.
+    temperature: Gumbel-softmax temperature.
+    sigma_z2: the generative model's fixed latent variance sigma^2 (Eq. 18).
+    train: sample (True) or take the noise-free argmax (False).
+
+  Returns:
+    `(z, aux)`: `z` (N, L) float32 latents for the decoder; `aux` holds
+    `indices` (N,) int32, `probs` (N, C) q(c|x), `codes` (N, C) the code
+    one-hot (straight-through when training), `code_vectors` (N, L) the
+    chosen codewords `M_c`, `variance` (N,) s2 (zero at evaluation) and
+    `log_probs` (N, C).
+  """
+  codebook = codebook.astype(jnp.float32)
+  zh = zh.astype(jnp.float32)
+  num_codes, dim = codebook.shape
+  weights = jax.nn.softplus(raw_weights.astype(jnp.float32))  # Eq. 15
+  logit = logits(zh, weights, codebook)  # Eq. 16
+  log_probs = jax.nn.log_softmax(logit, axis=-1)  # Eq. 17
+  probs = jnp.exp(log_probs)
+  if train:
+    if rng is None:
+      raise ValueError("gmvq.quantize(train=True) needs `rng` for the Gumbel and Gaussian noise.")
+    gumbel_rng, normal_rng = common.split_keys(rng)
+    codes, _ = gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
+    code_vectors = jnp.dot(codes, codebook, precision=jax.lax.Precision.HIGHEST)
+    variance = _chosen_distance(zh, codes, codebook) / (dim * 2.0 * sigma_z2)  # Eq. 18
+    eps = common.draw(jax.random.normal, normal_rng, zh.shape)
+    # sqrt(s2) has an unbounded derivative where zh sits on its codeword (as
+    # after k-means on the same batch), where the gradient's direction is
+    # rounding noise; a variance floor of 1e-8 (std 1e-4) keeps it bounded.
+    z = code_vectors + jnp.sqrt(variance + VARIANCE_FLOOR)[:, None] * eps
+  else:
+    codes = jax.nn.one_hot(jnp.argmax(logit, axis=-1), num_codes, dtype=jnp.float32)
+    code_vectors = jnp.dot(codes, codebook, precision=jax.lax.Precision.HIGHEST)
+    variance = jnp.zeros(zh.shape[:1], jnp.float32)
+    z = code_vectors
+  aux = dict(
+      indices=jnp.argmax(codes, axis=-1).astype(jnp.int32),
+      probs=probs,
+      log_probs=log_probs,
+      codes=codes,
+      code_vectors=code_vectors,
+      variance=variance,
+  )
+  return z, aux
+
+
+def _chosen_distance(zh: Array, codes: Array, codebook: Array) -> Array:
+  """`c_q . d` with d_c = ||zh - M_c||^2: its value exact, its gradient Eq. 18's.
+
+  The expanded (matmul) form of d loses the small distance to the chosen
+  codeword to float32 cancellation, and the loss it leaves depends on how a
+  batch is split over devices. The value is therefore computed directly for
+  the chosen code; the gradient with respect to `c_q` is still the full
+  matmul-form vector `d`, and the gradients with respect to zh and M are
+  those of `c_q . d`.
+  """
+  hard = jax.lax.stop_gradient(codes)  # One-hot in the forward pass.
+  chosen = jnp.dot(hard, codebook, precision=jax.lax.Precision.HIGHEST)  # Exact row pick.
+  direct = jnp.sum(jnp.square(zh - chosen), axis=-1)
+  distances = jax.lax.stop_gradient(common.squared_distances(zh, codebook))  # (N, C)
+  return direct + jnp.sum((codes - hard) * distances, axis=-1)
+
+
+def kl_to_uniform(probs: Array, log_probs: Array | None = None) -> Array:
+  """KL(p || Uniform(C)) = sum_c p_c log p_c + log C along the last axis.
+
+  Probabilities that underflow to 0 contribute 0 with a finite gradient
+  (log p is floored at log 1e-30), where `xlogy` would give 0 * inf = NaN.
+  """
+  num_codes = probs.shape[-1]
+  if log_probs is None:
+    log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+  return jnp.sum(probs * log_probs, axis=-1) + math.log(num_codes)
+
+
+def albo_loss(
+    images: Array,
+    reconstructions: Array,
+    z: Array,
+    aux: dict[str, Array],
+    codebook: Array,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    objective: str = "albo",
+    latent_reg: str = "sampled",
+    axis_name: Any = None,
+) -> tuple[Array, dict[str, Array]]:
+  """The GM-VQ loss (Eqs. 13-14): recon + gamma * (latent_reg + beta * kl).
+
+  `qbar` is the mean of q(c|x) over every vector of the GLOBAL batch: with
+  `axis_name` it is `lax.pmean`-ed across devices, so one device with batch B
+  and k devices with B/k each see the same loss.
+
+  Args:
+    images: (B, H, W, 3) targets in [0, 1].
+    reconstructions: (B, H, W, 3) decoder outputs.
+    z: (N, L) latents fed to the decoder.
+    aux: the `aux` dict of `quantize(train=True)`.
+    codebook: (C, L) Gaussian means.
+    beta: weight of the KL term (beta > 1 is "GM-VQ + Entropy").
+    gamma: weight of the whole regulariser.
+    objective: 'albo' (KL of the aggregated posterior `qbar`) or 'elbo' (mean
+      over vectors of KL(q(c|x) || Uniform)).
+    latent_reg: 'sampled' (||z - M_c||^2 for the sampled c) or 'aggregated'
+      (E_{qbar(c)} ||z - M_c||^2, the literal reading; ablation only).
+    axis_name: the named batch axis to reduce over, or None on one device.
+
+  Returns:
+    `(loss, terms)`, float32 scalars; terms: recon, latent_reg, kl, loss,
+    qbar_perplexity.
+  """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective={objective!r}; allowed: {OBJECTIVES}.")
+  if latent_reg not in LATENT_REGS:
+    raise ValueError(f"latent_reg={latent_reg!r}; allowed: {LATENT_REGS}.")
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  recon = jnp.mean(jnp.square(images.astype(jnp.float32) - reconstructions.astype(jnp.float32)))
+  probs = aux["probs"]
+  qbar = common.pmean(jnp.mean(probs, axis=0), axis_name)  # Eq. 12, global batch
+  if latent_reg == "sampled":
+    reg = jnp.mean(jnp.sum(jnp.square(z - aux["code_vectors"]), axis=-1))
+  else:
+    distances = common.squared_distances(z, codebook)  # (N, C)
+    reg = jnp.mean(jnp.dot(distances, qbar))
+  if objective == "albo":
+    kl = kl_to_uniform(qbar)
+  else:
+    kl = jnp.mean(kl_to_uniform(probs, aux["log_probs"]))
+  loss = recon + gamma * (reg + beta * kl)
+  entropy = math.log(probs.shape[-1]) - kl_to_uniform(jax.lax.stop_gradient(qbar))
+  terms = dict(
+      loss=loss,
+      recon=recon,
+      latent_reg=reg,
+      kl=kl,
+      qbar_perplexity=jnp.exp(entropy),
+  )
+  return loss, terms
+
+
+def temperature_schedule(
+    step: Array | int,
+    *,
+    total_steps: int,
+    tau_0: float = 2.0,
+    tau_min: float = 0.1,
+    anneal_fraction: float = 0.8,
+) -> Array:
+  """tau(t) = max(tau_min, tau_0 exp(-r t)), reaching tau_min at anneal_fraction * total_steps."""
+  anneal_steps = max(anneal_fraction * total_steps, 1.0)
+  rate = math.log(tau_0 / tau_min) / anneal_steps
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.maximum(tau_min, tau_0 * jnp.exp(-rate * step))
