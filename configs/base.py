@@ -55,5 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
   config.optimizer.grad_clip = 0.0  # 0 disables clipping.
   return config

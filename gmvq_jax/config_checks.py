@@ -111,6 +111,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
   _number(config, "optimizer.weight_decay", minimum=0.0)
   _number(config, "optimizer.grad_clip", minimum=0.0)
+  _number(config, "optimizer.eps", minimum=0.0, strict=True)
   warmup = _int_at_least(config, "optimizer.warmup_steps", 0)
   _require(warmup < num_steps, "optimizer.warmup_steps", warmup,
            f"must be smaller than num_steps={num_steps}")

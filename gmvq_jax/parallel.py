@@ -69,14 +69,16 @@ class Parallelism:
 
   def put_state(self, state: Any) -> Any:
     """Places one copy of `state` for the step: replicated on every device."""
-    # Always a copy: the compiled step donates its state buffers, and the
-    # caller's state must stay valid.
+    # From a host copy: the compiled step donates its state buffers, and the
+    # caller's state must stay valid (device_put may alias a device buffer
+    # into one shard of the result). Called once per run, not per step.
+    state = jax.device_get(state)
     if self.mode == "jit":
-      return jax.device_put(state, self.devices[0], may_alias=False)
+      return jax.device_put(state, self.devices[0])
     if self.mode == "pmap":  # A leading device axis, one slice per device.
       stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.num_devices), state)
       return jax.device_put(stacked, NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(state, NamedSharding(self.mesh, P()), may_alias=False)
+    return jax.device_put(state, NamedSharding(self.mesh, P()))
 
   def get_state(self, state: Any) -> Any:
     """One copy of a placed state (pmap: the first device's)."""

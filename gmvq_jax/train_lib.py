@@ -91,7 +91,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if opt.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(opt.grad_clip))
   parts.append(optax.adamw(learning_rate_schedule(config), b1=opt.b1, b2=opt.b2,
-                           weight_decay=opt.weight_decay))
+                           eps=opt.eps, weight_decay=opt.weight_decay))
   return optax.chain(*parts)
 
 
@@ -190,7 +190,7 @@ def train_step(
       temperature=tau,
       learning_rate=learning_rate_schedule(config)(state.step),
       batch_code_usage=metrics_lib.code_usage(code_counts),
-      grad_norm=optax.global_norm(grads),
+      grad_norm=optax.tree.norm(grads),
   )
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)

@@ -65,7 +65,8 @@ def gumbel_softmax_straight_through(
   noise = common.draw(jax.random.gumbel, rng, log_probs.shape)
   y = jax.nn.softmax((log_probs + noise) / temperature, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=y.dtype)
-  return hard + y - jax.lax.stop_gradient(y), y
+  # Parenthesised so that the forward value is exactly one-hot (y - sg(y) == 0).
+  return hard + (y - jax.lax.stop_gradient(y)), y
 
 
 def quantize(
@@ -149,6 +150,11 @@ def _chosen_distance(zh: Array, codes: Array, codebook: Array) -> Array:
   hard = jax.lax.stop_gradient(codes)  # One-hot in the forward pass.
   chosen = jnp.dot(hard, codebook, precision=jax.lax.Precision.HIGHEST)  # Exact row pick.
   direct = jnp.sum(jnp.square(zh - chosen), axis=-1)
+  # A distance below float32 resolution (as when k-means put a codeword on
+  # this very vector) is zero: its gradient would point in a rounding-noise
+  # direction, amplified by d sqrt(s2) / d s2.
+  scale = jnp.sum(jnp.square(zh), axis=-1) + jnp.sum(jnp.square(chosen), axis=-1)
+  direct = jnp.where(direct <= 1e-12 * scale, 0.0, direct)
   distances = jax.lax.stop_gradient(common.squared_distances(zh, codebook))  # (N, C)
   return direct + jnp.sum((codes - hard) * distances, axis=-1)
 

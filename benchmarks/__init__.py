@@ -1,0 +1,1 @@
+"""Speed and quality measurements of gmvq_jax; run as scripts, never as tests."""

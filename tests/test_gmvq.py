@@ -1,0 +1,211 @@
+"""Tests of the GM-VQ quantizer and the ALBO loss (gmvq_jax/quantizers/gmvq.py)."""
+
+import functools
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from gmvq_jax.quantizers import gmvq
+
+N, C, L = 48, 16, 6
+
+
+def _inputs(seed=0, n=N, c=C, l=L):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  zh = jax.random.normal(k1, (n, l))
+  raw = jax.random.normal(k2, (n, l))
+  codebook = jax.random.normal(k3, (c, l))
+  return zh, raw, codebook
+
+
+class LogitsTest(parameterized.TestCase):
+
+  @parameterized.parameters((1, 2, 1), (48, 16, 6), (100, 1024, 64))
+  def test_matches_direct_formula(self, n, c, l):
+    zh, raw, codebook = _inputs(1, n, c, l)
+    w = jax.nn.softplus(raw)
+    got = jax.jit(gmvq.logits)(zh, w, codebook)
+    direct = -0.5 * jnp.sum(w[:, None, :] * (zh[:, None, :] - codebook[None]) ** 2, axis=-1)
+    chex.assert_shape(got, (n, c))
+    self.assertEqual(got.dtype, jnp.float32)
+    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-4)
+
+  def test_float32_whatever_the_input_dtype(self):
+    zh, raw, codebook = _inputs()
+    got = gmvq.logits(zh.astype(jnp.bfloat16), jax.nn.softplus(raw).astype(jnp.bfloat16), codebook)
+    self.assertEqual(got.dtype, jnp.float32)
+
+
+class QuantizeTest(parameterized.TestCase):
+
+  def test_shapes_and_finiteness(self):
+    zh, raw, codebook = _inputs()
+    z, aux = jax.jit(functools.partial(gmvq.quantize, temperature=0.7))(
+        codebook, zh, raw, rng=jax.random.key(3))
+    chex.assert_shape(z, (N, L))
+    chex.assert_shape([aux["probs"], aux["codes"], aux["log_probs"]], (N, C))
+    chex.assert_shape(aux["indices"], (N,))
+    chex.assert_shape(aux["variance"], (N,))
+    chex.assert_tree_all_finite((z, aux))
+    np.testing.assert_allclose(jnp.sum(aux["probs"], -1), 1.0, rtol=1e-5)
+    self.assertTrue(bool(jnp.all(aux["variance"] >= 0)))
+
+  def test_training_latent_is_codeword_plus_adaptive_noise(self):
+    zh, raw, codebook = _inputs()
+    z, aux = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(3), sigma_z2=0.25)
+    chosen = codebook[aux["indices"]]
+    np.testing.assert_allclose(aux["code_vectors"], chosen, rtol=1e-6, atol=1e-6)
+    # Eq. 18: s2 = ||zh - M_c||^2 / (2 L sigma_z2).
+    expected = jnp.sum((zh - chosen) ** 2, -1) / (L * 2 * 0.25)
+    np.testing.assert_allclose(aux["variance"], expected, rtol=1e-5, atol=1e-6)
+    # The noise is there and scaled by sqrt(s2): the normalised residual is ~N(0, 1).
+    eps = (z - chosen) / jnp.sqrt(aux["variance"] + gmvq.VARIANCE_FLOOR)[:, None]
+    self.assertGreater(float(jnp.std(eps)), 0.8)
+    self.assertLess(float(jnp.std(eps)), 1.2)
+
+  def test_gumbel_sample_is_one_hot_forward_with_soft_gradients(self):
+    zh, raw, codebook = _inputs()
+    log_q = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (N, C)))
+    codes, y = gmvq.gumbel_softmax_straight_through(jax.random.key(1), log_q, 0.5)
+    np.testing.assert_array_equal(jnp.sum(codes, -1), 1.0)
+    np.testing.assert_array_equal(jnp.max(codes, -1), 1.0)
+    np.testing.assert_array_equal(jnp.argmax(codes, -1), jnp.argmax(y, -1))
+    # Gradient of a linear read-out of the hard sample equals that of the soft one.
+    weights = jax.random.normal(jax.random.key(2), (N, C))
+    hard_grad = jax.grad(lambda lq: jnp.sum(
+        gmvq.gumbel_softmax_straight_through(jax.random.key(1), lq, 0.5)[0] * weights))(log_q)
+    soft_grad = jax.grad(lambda lq: jnp.sum(
+        gmvq.gumbel_softmax_straight_through(jax.random.key(1), lq, 0.5)[1] * weights))(log_q)
+    np.testing.assert_allclose(hard_grad, soft_grad, rtol=1e-5, atol=1e-7)
+    self.assertGreater(float(jnp.max(jnp.abs(hard_grad))), 0.0)
+
+  def test_gumbel_samples_follow_q(self):
+    probs = jnp.array([0.7, 0.2, 0.1])
+    log_q = jnp.log(jnp.tile(probs, (20000, 1)))
+    codes, _ = gmvq.gumbel_softmax_straight_through(jax.random.key(5), log_q, 1.0)
+    np.testing.assert_allclose(jnp.mean(codes, 0), probs, atol=0.015)
+
+  def test_per_row_keys_make_noise_independent_of_batch_split(self):
+    zh, raw, codebook = _inputs()
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(9), i))(jnp.arange(N))
+    whole, _ = gmvq.quantize(codebook, zh, raw, rng=keys)
+    halves = [gmvq.quantize(codebook, zh[s], raw[s], rng=keys[s])[0]
+              for s in (slice(0, N // 2), slice(N // 2, N))]
+    np.testing.assert_allclose(whole, jnp.concatenate(halves), rtol=1e-6, atol=1e-6)
+
+  def test_evaluation_is_deterministic_noise_free_argmax(self):
+    zh, raw, codebook = _inputs()
+    evaluate = jax.jit(functools.partial(gmvq.quantize, train=False))
+    z1, aux1 = evaluate(codebook, zh, raw)
+    z2, _ = evaluate(codebook, zh, raw, rng=jax.random.key(123))
+    np.testing.assert_array_equal(z1, z2)
+    expected = jnp.argmax(gmvq.logits(zh, jax.nn.softplus(raw), codebook), -1)
+    np.testing.assert_array_equal(aux1["indices"], expected)
+    np.testing.assert_array_equal(z1, codebook[expected])
+    np.testing.assert_array_equal(aux1["variance"], 0.0)
+
+  def test_train_requires_rng(self):
+    zh, raw, codebook = _inputs()
+    with self.assertRaisesRegex(ValueError, "rng"):
+      gmvq.quantize(codebook, zh, raw, train=True)
+
+
+class LossTest(parameterized.TestCase):
+
+  def test_kl_to_uniform_endpoints(self):
+    uniform = jnp.full((C,), 1.0 / C)
+    one_hot = jax.nn.one_hot(3, C)
+    self.assertAlmostEqual(float(gmvq.kl_to_uniform(uniform)), 0.0, places=5)
+    self.assertAlmostEqual(float(gmvq.kl_to_uniform(one_hot)), math.log(C), places=5)
+    # Finite gradient at a one-hot qbar (zero probabilities).
+    chex.assert_tree_all_finite(jax.grad(gmvq.kl_to_uniform)(one_hot))
+
+  def _loss_inputs(self, seed=0):
+    zh, raw, codebook = _inputs(seed)
+    z, aux = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(seed))
+    images = jax.random.uniform(jax.random.key(seed + 1), (3, 4, 4, 3))
+    recon = jax.random.uniform(jax.random.key(seed + 2), (3, 4, 4, 3))
+    return images, recon, z, aux, codebook
+
+  def test_albo_terms(self):
+    images, recon, z, aux, codebook = self._loss_inputs()
+    loss, terms = gmvq.albo_loss(images, recon, z, aux, codebook, beta=2.0, gamma=0.5)
+    qbar = jnp.mean(aux["probs"], 0)
+    expected_kl = jnp.sum(qbar * jnp.log(qbar)) + math.log(C)
+    expected_reg = jnp.mean(jnp.sum((z - codebook[aux["indices"]]) ** 2, -1))
+    expected_recon = jnp.mean((images - recon) ** 2)
+    np.testing.assert_allclose(terms["kl"], expected_kl, rtol=1e-5)
+    np.testing.assert_allclose(terms["latent_reg"], expected_reg, rtol=1e-4)
+    np.testing.assert_allclose(terms["recon"], expected_recon, rtol=1e-6)
+    np.testing.assert_allclose(loss, expected_recon + 0.5 * (expected_reg + 2.0 * expected_kl),
+                               rtol=1e-5)
+
+  def test_elbo_and_aggregated_variants(self):
+    images, recon, z, aux, codebook = self._loss_inputs()
+    _, elbo = gmvq.albo_loss(images, recon, z, aux, codebook, objective="elbo")
+    per_vector = jnp.sum(aux["probs"] * jnp.log(aux["probs"]), -1) + math.log(C)
+    np.testing.assert_allclose(elbo["kl"], jnp.mean(per_vector), rtol=1e-5)
+    _, albo = gmvq.albo_loss(images, recon, z, aux, codebook)
+    # Jensen: the mean conditional KL is at least the KL of the aggregate.
+    self.assertGreaterEqual(float(elbo["kl"]), float(albo["kl"]))
+    _, agg = gmvq.albo_loss(images, recon, z, aux, codebook, latent_reg="aggregated")
+    qbar = jnp.mean(aux["probs"], 0)
+    dist = jnp.sum((z[:, None] - codebook[None]) ** 2, -1)
+    np.testing.assert_allclose(agg["latent_reg"], jnp.mean(dist @ qbar), rtol=1e-4)
+
+  def test_rejects_unknown_variants(self):
+    images, recon, z, aux, codebook = self._loss_inputs()
+    with self.assertRaisesRegex(ValueError, "objective"):
+      gmvq.albo_loss(images, recon, z, aux, codebook, objective="vae")
+    with self.assertRaisesRegex(ValueError, "latent_reg"):
+      gmvq.albo_loss(images, recon, z, aux, codebook, latent_reg="mean")
+
+  def test_qbar_is_global_across_devices(self):
+    """4 devices with a quarter of the vectors each see the 1-device loss and gradient."""
+    devices = jax.devices()[:4]
+    self.assertLen(devices, 4)
+    zh, raw, codebook = _inputs(0, n=32)
+    images = jax.random.uniform(jax.random.key(1), (4, 4, 4, 3))
+    recon = jax.random.uniform(jax.random.key(2), (4, 4, 4, 3))
+
+    def loss_and_grad(zh, raw, images, recon, axis_name):
+      def loss_fn(zh):
+        z, aux = gmvq.quantize(codebook, zh, raw, train=False)
+        return gmvq.albo_loss(images, recon, z, aux, codebook, axis_name=axis_name)[0]
+      loss, grad = jax.value_and_grad(loss_fn)(zh)
+      return loss if axis_name is None else jax.lax.pmean(loss, axis_name), grad
+
+    loss1, grad1 = jax.jit(functools.partial(loss_and_grad, axis_name=None))(zh, raw, images, recon)
+    mesh = Mesh(np.array(devices), ("batch",))
+    sharded = jax.jit(jax.shard_map(
+        functools.partial(loss_and_grad, axis_name="batch"), mesh=mesh,
+        in_specs=P("batch"), out_specs=(P(), P("batch")), check_vma=False))
+    loss4, grad4 = sharded(zh, raw, images, recon)
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+    # Each device differentiates the sum of all devices' losses (collectives
+    # transpose into collectives), i.e. 4x the mean loss the 1-device run
+    # differentiates; train_step pmeans parameter gradients accordingly.
+    self.assertGreater(float(jnp.max(jnp.abs(grad1))), 1e-4)
+    np.testing.assert_allclose(grad4 / 4.0, grad1, rtol=1e-4, atol=1e-7)
+
+
+class TemperatureTest(parameterized.TestCase):
+
+  def test_endpoints_and_monotone(self):
+    schedule = functools.partial(gmvq.temperature_schedule, total_steps=1000)
+    self.assertAlmostEqual(float(schedule(0)), 2.0, places=5)
+    self.assertAlmostEqual(float(schedule(800)), 0.1, places=4)
+    self.assertAlmostEqual(float(schedule(1000)), 0.1, places=6)
+    self.assertAlmostEqual(float(schedule(400)), math.sqrt(2.0 * 0.1), places=4)
+    values = np.asarray([schedule(t) for t in range(0, 1001, 50)])
+    self.assertTrue(np.all(np.diff(values) <= 0))
+
+
+if __name__ == "__main__":
+  absltest.main()
