@@ -259,7 +259,7 @@ class Trainer:
 # ------------------------------------------------- weights from the flax model
 
 # Flax names a module's children <Class>_<index>, counting each class apart.
-_FLAX_NAMES = {nn.Conv2d: "Conv", nn.ConvTranspose2d: "ConvTranspose", nn.BatchNorm2d: "_Norm",
+_FLAX_NAMES = {nn.Conv2d: "Conv", nn.ConvTranspose2d: "Upsample2x", nn.BatchNorm2d: "_Norm",
                ResidualBlock: "ResidualBlock"}
 
 

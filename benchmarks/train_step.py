@@ -195,10 +195,14 @@ def device_info(jax_device: jax.Device, torch_device: torch.device, torch_thread
 def warn_if_busy() -> None:
   cores = len(os.sched_getaffinity(0))
   load = os.getloadavg()[0]
-  if load > cores:
-    print(f"WARNING: load average {load:.1f} > {cores} cores: other processes compete for the CPU, and "
-          "torch's spinning OpenMP threads suffer most (many times slower); rerun on an idle machine, "
-          "or set OMP_WAIT_POLICY=PASSIVE.", flush=True)
+  if load <= cores:
+    return
+  advice = "rerun on an idle machine"
+  if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+    advice += ("; torch's spinning OpenMP threads suffer most from the contention (many times slower), "
+               "OMP_WAIT_POLICY=PASSIVE avoids that")
+  print(f"WARNING: load average {load:.1f} > {cores} cores: other processes compete for the CPU; "
+        f"{advice}.", flush=True)
 
 
 def check_port(config, jax_device: jax.Device) -> dict[str, float]:

@@ -58,3 +58,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-8
   config.optimizer.grad_clip = 0.0  # 0 disables clipping.
   return config
+
+
+def paper_schedule(config: ml_collections.ConfigDict, *, train_examples: int,
+                   epochs: int = 100, warmup_epochs: int = 10) -> None:
+  """The paper's schedule (paper 001, Sec. 5.1), counted in epochs of `train_examples`."""
+  steps_per_epoch = train_examples // config.batch_size
+  config.num_steps = epochs * steps_per_epoch
+  config.optimizer.warmup_steps = warmup_epochs * steps_per_epoch
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = steps_per_epoch
+  config.eval_every_steps = warmup_epochs * steps_per_epoch
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+  """A `:smoke` variant: tiny networks, a few steps, a global batch of 8.
+
+  8 divides by 1, 2 and 4 devices, so the variant runs on any of them.
+  """
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.num_eval_examples = 32
+  config.num_steps = 6
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  config.eval_every_steps = 0
+  config.optimizer.warmup_steps = 2
+  config.model.channels = (8, 16)
+  config.model.num_res_blocks = 1
+  config.quantizer.num_codes = 64
+  config.quantizer.latent_dim = 8

@@ -7,8 +7,6 @@ Needs the TFDS celeb_a dataset prepared as ArrayRecord under config.data_dir.
 
 from configs import base
 
-TRAIN_EXAMPLES = 162_770
-
 
 def get_config(variant: str | None = None):
   config = base.get_config()
@@ -16,28 +14,12 @@ def get_config(variant: str | None = None):
   config.image_size = 128
   config.batch_size = 256
   config.eval_batch_size = 256
-  steps_per_epoch = TRAIN_EXAMPLES // config.batch_size
-  config.num_steps = 100 * steps_per_epoch
-  config.optimizer.warmup_steps = 10 * steps_per_epoch
   config.optimizer.peak_lr = 1e-4
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = steps_per_epoch
-  config.eval_every_steps = 10 * steps_per_epoch
   config.model.num_res_blocks = 6
+  base.paper_schedule(config, train_examples=162_770)
   if variant == "smoke":
-    config.image_size = 32
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_eval_examples = 16
-    config.num_steps = 4
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
-    config.eval_every_steps = 0
-    config.optimizer.warmup_steps = 1
-    config.model.channels = (8, 16)
-    config.model.num_res_blocks = 1
-    config.quantizer.num_codes = 32
-    config.quantizer.latent_dim = 8
+    base.shrink_for_smoke(config)
+    config.image_size = 32  # celeb_a is resized on read; keeps the smoke run small.
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of gmvq_celeba; known: 'smoke'.")
   return config

@@ -19,17 +19,7 @@ def get_config(variant: str | None = None):
   config.optimizer.peak_lr = 2e-3
   config.optimizer.warmup_steps = 300
   if variant == "smoke":
-    config.batch_size = 8
-    config.eval_batch_size = 16
-    config.num_eval_examples = 32
-    config.num_steps = 6
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 3
-    config.optimizer.warmup_steps = 2
-    config.model.channels = (8, 16)
-    config.model.num_res_blocks = 1
-    config.quantizer.num_codes = 64
-    config.quantizer.latent_dim = 8
+    base.shrink_for_smoke(config)
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of gmvq_demo; known: 'smoke'.")
   return config

@@ -82,8 +82,8 @@ class Parallelism:
 
   def get_state(self, state: Any) -> Any:
     """One copy of a placed state (pmap: the first device's)."""
-    if self.mode == "pmap":
-      return jax.tree.map(lambda x: x[0], state)
+    if self.mode == "pmap":  # The first device's slice, without a cross-device gather.
+      return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:]), state)
     return state
 
   def put_batch(self, batch: np.ndarray) -> jax.Array:

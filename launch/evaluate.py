@@ -11,9 +11,9 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from gmvq_jax import evaluation
+from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a training run.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 16, "Images shown in reconstructions.png.")
@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  common.setup_logging()
   figures = evaluation.evaluate_workdir(_WORKDIR.value, num_images=_NUM_IMAGES.value)
   print(json.dumps(figures, indent=2))
   print("Wrote", os.path.join(_WORKDIR.value, "eval.json"), "and",

@@ -8,10 +8,10 @@ import json
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from gmvq_jax import train_lib
+from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  common.setup_logging()
   figures = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print("Test figures:", json.dumps(figures, indent=2))
 

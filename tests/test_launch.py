@@ -1,0 +1,76 @@
+"""End to end through the absl launchers, as a user runs them, on 4 fake devices."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from PIL import Image
+
+from gmvq_jax import evaluation
+from gmvq_jax import metric_writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                        text=True, env=dict(os.environ), timeout=600)
+
+
+class LaunchTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
+
+  def test_train_then_evaluate(self):
+    train = _run("launch.train", "--config=configs/gmvq_demo.py:smoke",
+                 f"--workdir={self.workdir}", "--config.parallelism=pmap")
+    self.assertEqual(train.returncode, 0, train.stderr[-3000:])
+    self.assertIn("steps/s", train.stdout)
+    records = metric_writers.read_metrics(self.workdir)
+    self.assertEqual([r["step"] for r in records if r["split"] == "train"], [2, 4, 6])
+    self.assertEqual([r["split"] for r in records][-1], "test")
+    self.assertTrue(os.listdir(os.path.join(self.workdir, "tensorboard")))
+
+    evaluate = _run("launch.evaluate", f"--workdir={self.workdir}")
+    self.assertEqual(evaluate.returncode, 0, evaluate.stderr[-3000:])
+    with open(os.path.join(self.workdir, "eval.json")) as f:
+      figures = json.load(f)
+    for key in evaluation.EVAL_KEYS:
+      self.assertIn(key, figures)
+    self.assertEqual(figures["step"], 6)
+    self.assertGreater(figures["psnr"], 5.0)
+    self.assertBetween(figures["code_usage"], 1 / 64, 1.0)
+    self.assertBetween(figures["hard_perplexity"], 1.0, 64.0)
+    # The same numbers as the training run's final evaluation: deterministic.
+    self.assertAlmostEqual(figures["mse"], records[-1]["mse"], places=6)
+    with Image.open(os.path.join(self.workdir, "reconstructions.png")) as picture:
+      width, height = picture.size
+    self.assertGreater(width, height)  # Two rows of 16 images.
+
+    again = _run("launch.evaluate", f"--workdir={self.workdir}")
+    self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+    with open(os.path.join(self.workdir, "eval.json")) as f:
+      self.assertEqual(json.load(f), figures)
+
+  def test_bad_override_fails_fast_with_field_name(self):
+    result = _run("launch.train", "--config=configs/gmvq_demo.py:smoke",
+                  f"--workdir={self.workdir}", "--config.quantizer.num_codes=1")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("config.quantizer.num_codes=1", result.stderr)
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, "checkpoints")))
+
+  def test_evaluate_without_checkpoint(self):
+    result = _run("launch.evaluate", f"--workdir={self.workdir}")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("No checkpoint", result.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
