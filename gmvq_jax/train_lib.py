@@ -7,6 +7,7 @@ compiles the same function with jit, pmap or jit(shard_map).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -127,6 +128,8 @@ def create_train_state(
     images = np.concatenate(
         [dataset.train_batch(i, config.batch_size) for i in range(q.kmeans_batches)])
     latents = jax.jit(functools.partial(encoder_latents, model))(variables, images)
+    logging.info("k-means (%s seeding, %d iterations) of %d encoder vectors into %d codes.",
+                 q.kmeans_seeding, q.kmeans_iters, latents.shape[0], q.num_codes)
     codebook = kmeans.kmeans(kmeans_rng, latents, num_clusters=q.num_codes,
                              num_iters=q.kmeans_iters, seeding=q.kmeans_seeding)
     params = dict(params, codebook=codebook)
@@ -327,24 +330,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = strategy.compile_step(functools.partial(train_step, config=config))
   eval_fn = make_eval_fn(config)
   placed = strategy.put_state(state)
-  pending = None
+  # train_batch is a pure function of the step, so the next batch is read on
+  # a host thread while the device runs the current step.
+  reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  read = functools.partial(dataset.train_batch, batch_size=config.batch_size)
+  next_batch = reader.submit(read, start_step)
   for step in range(start_step, config.num_steps):
-    batch = strategy.put_batch(dataset.train_batch(step, config.batch_size))
+    batch = strategy.put_batch(next_batch.result())
+    if step + 1 < config.num_steps:
+      next_batch = reader.submit(read, step + 1)
     placed, step_metrics = step_fn(placed, batch, train_rng)
     done = step + 1
     if step == start_step:
       jax.block_until_ready(step_metrics)
       progress.start(done)
     if done % config.log_every_steps == 0 or done == config.num_steps:
-      pending = strategy.get_metrics(step_metrics)
-      writer.write(done, "train", pending)
-      progress.report(done, {k: pending[k] for k in ("loss", "recon", "kl", "qbar_perplexity")})
+      host_metrics = strategy.get_metrics(step_metrics)
+      writer.write(done, "train", host_metrics)
+      progress.report(done, {k: host_metrics[k] for k in ("loss", "recon", "kl", "qbar_perplexity")})
     if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
       checkpointing.save(manager, done, strategy.get_state(placed), config)
     if config.eval_every_steps and done % config.eval_every_steps == 0 and done < config.num_steps:
       figures, _ = evaluate(config, strategy.get_state(placed), dataset, step_fn=eval_fn)
       writer.write(done, "test", figures)
 
+  reader.shutdown()
   final_state = strategy.get_state(placed)
   started = time.perf_counter()
   figures, _ = evaluate(config, final_state, dataset, step_fn=eval_fn)

@@ -1,8 +1,13 @@
-"""Shared launcher set-up: logging that shows our progress, not Orbax's internals."""
+"""Shared launcher set-up: quiet dependency logs, one-line messages for user errors."""
 
+import contextlib
 import logging as std_logging
+import sys
 
 from absl import logging
+
+from gmvq_jax import config_checks
+from gmvq_jax import data
 
 
 class _QuietDependencies(std_logging.Filter):
@@ -16,3 +21,13 @@ class _QuietDependencies(std_logging.Filter):
 def setup_logging() -> None:
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietDependencies())
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Turns errors a user fixes by changing an input into one clear line and exit status 1."""
+  try:
+    yield
+  except (config_checks.ConfigError, data.DatasetNotPreparedError, FileNotFoundError,
+          NotADirectoryError) as error:
+    sys.exit(f"error: {error}")

@@ -24,7 +24,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.setup_logging()
-  figures = evaluation.evaluate_workdir(_WORKDIR.value, num_images=_NUM_IMAGES.value)
+  with common.user_errors():
+    figures = evaluation.evaluate_workdir(_WORKDIR.value, num_images=_NUM_IMAGES.value)
   print(json.dumps(figures, indent=2))
   print("Wrote", os.path.join(_WORKDIR.value, "eval.json"), "and",
         os.path.join(_WORKDIR.value, "reconstructions.png"))

@@ -22,7 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.setup_logging()
-  figures = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with common.user_errors():
+    figures = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print("Test figures:", json.dumps(figures, indent=2))
 
 
