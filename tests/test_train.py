@@ -1,7 +1,9 @@
 """Tests of the train step: gradients, parallel equivalence, learning, config checks."""
 
 import functools
+import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -9,11 +11,17 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gmvq_jax import config_checks
+from gmvq_jax import data
 from gmvq_jax import parallel
 from gmvq_jax import train_lib
+from gmvq_jax.quantizers import gmvq
 from gmvq_jax.quantizers import kmeans
+from configs import gmvq_celeba
+from configs import gmvq_cifar10
+from configs import gmvq_demo
 import tiny_configs
 
 
@@ -47,13 +55,12 @@ class TrainStepTest(parameterized.TestCase):
       (recon, z, aux), _ = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           example_keys=keys, temperature=1.0, mutable=["batch_stats"])
-      from gmvq_jax.quantizers import gmvq
       return gmvq.albo_loss(images, recon, z, aux, params["codebook"], gamma=0.01)[0]
 
     grads = jax.jit(jax.grad(loss_fn))(state.params)
     chex.assert_tree_all_finite(grads)
     for part in ("encoder", "decoder", "codebook"):
-      norm = float(optax_global_norm(grads[part]))
+      norm = float(optax.tree.norm(grads[part]))
       self.assertGreater(norm, 0.0, msg=part)
     # Every encoder layer, the first convolution included, gets a gradient.
     first_conv = grads["encoder"]["Conv_0"]["kernel"]
@@ -99,7 +106,6 @@ class TrainStepTest(parameterized.TestCase):
 
   def test_smoke_run_loss_decreases(self):
     """30 steps on one fixed batch of real photo crops: the loss must fall."""
-    from gmvq_jax import data
     config = tiny_configs.tiny_config(**{"num_steps": 30, "optimizer.warmup_steps": 3,
                                          "optimizer.peak_lr": 1e-2})
     photos = data.make_dataset("embedded", image_size=16, seed=0)
@@ -119,10 +125,6 @@ class TrainStepTest(parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(losses)))
     self.assertLess(losses[-5:].mean(), 0.85 * losses[:3].mean())
     self.assertLess(recons[-5:].mean(), 0.85 * recons[:3].mean())
-
-
-def optax_global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 class KMeansTest(parameterized.TestCase):
@@ -193,7 +195,6 @@ class ConfigChecksTest(parameterized.TestCase):
       config_checks.validate(config, num_devices=4)
 
   def test_valid_configs_pass(self):
-    from configs import gmvq_celeba, gmvq_cifar10, gmvq_demo
     for module in (gmvq_demo, gmvq_cifar10, gmvq_celeba):
       for variant in (None, "smoke"):
         config = module.get_config(variant)
@@ -201,12 +202,17 @@ class ConfigChecksTest(parameterized.TestCase):
         if variant:
           self.assertEqual(config.batch_size % 4, 0)
 
-  def test_bad_config_fails_before_compiling(self):
+  def test_bad_config_fails_before_data_or_compilation(self):
     config = tiny_configs.tiny_config(**{"quantizer.num_codes": 1})
-    before = train_lib.train_step._cache_size() if hasattr(train_lib.train_step, "_cache_size") else None
-    with self.assertRaises(config_checks.ConfigError):
-      train_lib.train_and_evaluate(config, tempfile.mkdtemp())
-    del before
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    unreachable = mock.Mock(side_effect=AssertionError("reached past validation"))
+    with mock.patch.object(train_lib.data, "make_dataset", unreachable), \
+         mock.patch.object(train_lib, "create_train_state", unreachable), \
+         mock.patch.object(parallel.Parallelism, "compile_step", unreachable):
+      with self.assertRaisesRegex(config_checks.ConfigError, "quantizer.num_codes=1"):
+        train_lib.train_and_evaluate(config, workdir)
+    unreachable.assert_not_called()
+    self.assertFalse(os.path.exists(workdir))  # Nothing written either.
 
 
 if __name__ == "__main__":
