@@ -1,0 +1,421 @@
+"""GQ: Gaussian Quant with the Target Divergence Constraint (TDC).
+
+Pure functions for ALGORITHMS.md §2 (paper 003): per-token KL in bits, the TDC
+loss and multiplier updates, the fixed N(0, I) codebook, and the tiled
+posterior-mean quantizer. No training-loop code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmvq_jax.quantizers import common
+
+Array = jax.Array
+
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # ALGORITHMS.md §2: posterior logvar clip.
+SAMPLERS = ("sobol", "normal")
+DEFAULT_TILE_SIZE = 4096
+LOG2_E = 1.0 / math.log(2.0)
+LAM_CLIP = (1e-7, 1e7)
+LAM_MAX_CLIP = (1.0, 1e3)
+LAM_MIN_CLIP = (1e-3, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# KL per token.
+
+
+def kl_bits(mu: Array, logvar: Array, group_size: int) -> Array:
+  """KL(N(mu, var) || N(0, I)) of each token, in bits.
+
+  R_g = sum_{j in g} 0.5 * log2(e) * (mu_j^2 + var_j - 1 - logvar_j), with
+  group g = channels g*m ... g*m+m-1 (consecutive channels).
+
+  Args:
+    mu: (..., c) posterior means.
+    logvar: (..., c) posterior log-variances; clipped to [-30, 20] first.
+    group_size: m, channels per token; must divide c.
+
+  Returns:
+    (..., c // m) float32 KL of each token in bits.
+  """
+  channels = mu.shape[-1]
+  _check_group_size(channels, group_size)
+  mu = mu.astype(jnp.float32)
+  logvar = jnp.clip(logvar.astype(jnp.float32), LOGVAR_MIN, LOGVAR_MAX)
+  per_channel = 0.5 * LOG2_E * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
+  grouped = per_channel.reshape(*per_channel.shape[:-1], channels // group_size, group_size)
+  return jnp.sum(grouped, axis=-1)
+
+
+def _check_group_size(channels: int, group_size: int) -> None:
+  if group_size < 1 or channels % group_size:
+    raise ValueError(
+        f"group_size={group_size} must be a positive divisor of the channel count "
+        f"{channels}: each token is {group_size} consecutive channels.")
+
+
+# ----------------------------------------------------------------------------
+# Target Divergence Constraint (train time).
+
+
+class TDCState(NamedTuple):
+  """TDC Lagrange multipliers: float32 scalars, identical on every device.
+
+  Part of the training state (checkpointed, restored), never mutated:
+  `tdc_update` returns a new one.
+  """
+  lam: Array
+  lam_min: Array
+  lam_max: Array
+
+
+def init_tdc_state() -> TDCState:
+  """All three multipliers start at 1.0 (ALGORITHMS.md §2)."""
+  one = jnp.ones((), jnp.float32)
+  return TDCState(lam=one, lam_min=one, lam_max=one)
+
+
+def _tolerance_side(kl: Array, log2_codebook_size: Any, tolerance: Any) -> tuple[Array, Array]:
+  """(above, below) masks: R - T > alpha and R - T < -alpha.
+
+  The weights, the update rules and the metrics all use this one comparison
+  of R - T against alpha, so "some token has weight lam_max" and
+  "max(R) exceeds T + alpha" agree even at float32 rounding edges (R - T is
+  monotone in R).
+  """
+  excess = kl - jnp.asarray(log2_codebook_size, jnp.float32)
+  tolerance = jnp.asarray(tolerance, jnp.float32)
+  return excess > tolerance, excess < -tolerance
+
+
+def tdc_weights(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
+                tolerance: Any = 0.5) -> Array:
+  """Per-token TDC weight: lam_max above T + alpha, lam_min below T - alpha, else 1.
+
+  Args:
+    kl_bits: (...) KL of each token in bits.
+    state: the current multipliers.
+    log2_codebook_size: the target rate T = log2 K, in bits.
+    tolerance: alpha, in bits.
+
+  Returns:
+    (...) float32 weights, with no gradient (they are constants of the loss).
+  """
+  kl = jax.lax.stop_gradient(kl_bits.astype(jnp.float32))
+  above, below = _tolerance_side(kl, log2_codebook_size, tolerance)
+  lam_max = jax.lax.stop_gradient(jnp.asarray(state.lam_max, jnp.float32))
+  lam_min = jax.lax.stop_gradient(jnp.asarray(state.lam_min, jnp.float32))
+  return jnp.where(above, lam_max, jnp.where(below, lam_min, 1.0))
+
+
+def tdc_loss(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
+             tolerance: Any = 0.5) -> Array:
+  """kl_loss = lam * mean over images of (sum over tokens of weight * R).
+
+  Only R carries a gradient; lam and the weights are constants. The mean is
+  over this device's images: with equal shards, the mean of the per-device
+  losses is the global loss, so the caller pmeans the loss (or its gradient)
+  as it does the reconstruction term.
+
+  Args:
+    kl_bits: (B, ...) KL of each token in bits; axis 0 indexes images, every
+      other axis tokens of that image (e.g. (B, h, w, c // m)).
+    state: the current multipliers.
+    log2_codebook_size: T = log2 K.
+    tolerance: alpha.
+
+  Returns:
+    float32 scalar.
+  """
+  kl = kl_bits.astype(jnp.float32)
+  weights = tdc_weights(kl, state, log2_codebook_size=log2_codebook_size, tolerance=tolerance)
+  per_image = jnp.sum((weights * kl).reshape(kl.shape[0], -1), axis=-1)
+  lam = jax.lax.stop_gradient(jnp.asarray(state.lam, jnp.float32))
+  return lam * jnp.mean(per_image)
+
+
+def _global_stats(kl_bits: Array, axis_name: Any) -> tuple[Array, Array, Array]:
+  """Mean, min and max of R over every token of the GLOBAL batch (§4)."""
+  kl = jax.lax.stop_gradient(kl_bits.astype(jnp.float32))
+  # pmean of per-device means is the global mean because all shards are equal.
+  mean = common.pmean(jnp.mean(kl), axis_name)
+  low, high = jnp.min(kl), jnp.max(kl)
+  if axis_name is not None:
+    low, high = jax.lax.pmin(low, axis_name), jax.lax.pmax(high, axis_name)
+  return mean, low, high
+
+
+def tdc_update(state: TDCState, kl_bits: Array, *, log2_codebook_size: Any,
+               tolerance: Any = 0.5, factor: Any = 1.01, axis_name: Any = None) -> TDCState:
+  """One multiplicative step of the three Lagrange multipliers (§2).
+
+  lam     *= f if mean(R) > T          else /= f, clipped to [1e-7, 1e7]
+  lam_max *= f if max(R)  > T + alpha  else /= f, clipped to [1, 1e3]
+  lam_min /= f if min(R)  < T - alpha  else *= f, clipped to [1e-3, 1]
+
+  Args:
+    state: the current multipliers.
+    kl_bits: (...) KL of each token in bits, this device's shard.
+    log2_codebook_size: T = log2 K.
+    tolerance: alpha.
+    factor: f > 1.
+    axis_name: the named batch axis; statistics are then global over
+      devices, so every device computes the same new state. None on one device.
+
+  Returns:
+    The new TDCState (float32 scalars).
+  """
+  mean, low, high = _global_stats(kl_bits, axis_name)
+  target = jnp.asarray(log2_codebook_size, jnp.float32)
+  factor = jnp.asarray(factor, jnp.float32)
+  above, _ = _tolerance_side(high, log2_codebook_size, tolerance)
+  _, below = _tolerance_side(low, log2_codebook_size, tolerance)
+  lam = jnp.asarray(state.lam, jnp.float32)
+  lam_max = jnp.asarray(state.lam_max, jnp.float32)
+  lam_min = jnp.asarray(state.lam_min, jnp.float32)
+  lam = jnp.where(mean > target, lam * factor, lam / factor)
+  lam_max = jnp.where(above, lam_max * factor, lam_max / factor)
+  lam_min = jnp.where(below, lam_min / factor, lam_min * factor)
+  return TDCState(
+      lam=jnp.clip(lam, *LAM_CLIP).astype(jnp.float32),
+      lam_min=jnp.clip(lam_min, *LAM_MIN_CLIP).astype(jnp.float32),
+      lam_max=jnp.clip(lam_max, *LAM_MAX_CLIP).astype(jnp.float32),
+  )
+
+
+def tdc_metrics(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
+                tolerance: Any = 0.5, axis_name: Any = None) -> dict[str, Array]:
+  """Rate statistics over the global batch, for logging.
+
+  Args:
+    kl_bits: (...) KL of each token in bits, this device's (equal-size) shard.
+    state: the multipliers to report.
+    log2_codebook_size: T = log2 K.
+    tolerance: alpha.
+    axis_name: the named batch axis, or None on one device.
+
+  Returns:
+    float32 scalars: kl_bits_mean, kl_bits_min, kl_bits_max, lam, lam_min,
+    lam_max, and the fractions of tokens within, above and below the
+    tolerance band [T - alpha, T + alpha].
+  """
+  mean, low, high = _global_stats(kl_bits, axis_name)
+  kl = jax.lax.stop_gradient(kl_bits.astype(jnp.float32))
+  above, below = _tolerance_side(kl, log2_codebook_size, tolerance)
+  frac_above = common.pmean(jnp.mean(above.astype(jnp.float32)), axis_name)
+  frac_below = common.pmean(jnp.mean(below.astype(jnp.float32)), axis_name)
+  within = common.pmean(jnp.mean((~above & ~below).astype(jnp.float32)), axis_name)
+  return dict(
+      kl_bits_mean=mean,
+      kl_bits_min=low,
+      kl_bits_max=high,
+      lam=jnp.asarray(state.lam, jnp.float32),
+      lam_min=jnp.asarray(state.lam_min, jnp.float32),
+      lam_max=jnp.asarray(state.lam_max, jnp.float32),
+      fraction_within_tolerance=within,
+      fraction_above_tolerance=frac_above,
+      fraction_below_tolerance=frac_below,
+  )
+
+
+# ----------------------------------------------------------------------------
+# Offline conversion: codebook, quantization, bitrate.
+
+
+def sample_codebook(seed: int, codebook_size: int, group_size: int,
+                    sampler: str = "sobol") -> np.ndarray:
+  """The fixed GQ codebook: K points of N(0, I_m), regenerable from `seed`.
+
+  'sobol': scrambled Sobol points in [0, 1)^m through the inverse normal CDF
+  (quasi-random normal). 'normal': i.i.d. N(0, 1) draws. Runs on the host in
+  float64 and rounds once to float32, so the same seed gives the same bits
+  for a given numpy/scipy version. Sobol's balance properties need K to be a
+  power of two; scipy warns (UserWarning) otherwise, and we let it.
+
+  Args:
+    seed: a non-negative integer, recorded with the tokens.
+    codebook_size: K >= 2.
+    group_size: m >= 1, the token dimension.
+    sampler: 'sobol' or 'normal'.
+
+  Returns:
+    (K, m) float32 numpy array.
+  """
+  # Imported here: only this offline step needs scipy.
+  from scipy import special
+  from scipy.stats import qmc
+
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed={seed!r}: need a non-negative int so the codebook can be regenerated.")
+  if codebook_size < 2:
+    raise ValueError(f"codebook_size={codebook_size}: need K >= 2 codewords.")
+  if group_size < 1:
+    raise ValueError(f"group_size={group_size}: need m >= 1 dimensions per codeword.")
+  if sampler not in SAMPLERS:
+    raise ValueError(f"sampler={sampler!r}; allowed: {SAMPLERS}.")
+  rng = np.random.default_rng(int(seed))
+  if sampler == "normal":
+    return rng.standard_normal((codebook_size, group_size)).astype(np.float32)
+  uniform = qmc.Sobol(d=group_size, scramble=True, seed=rng).random(codebook_size)
+  # A point at exactly 0 would map to -inf; the largest float64 below 1 is 1 - 2^-53.
+  tiny = np.finfo(np.float64).epsneg
+  uniform = np.clip(uniform, tiny, 1.0 - tiny)
+  return special.ndtri(uniform).astype(np.float32)
+
+
+def quantize(mu: Array, std: Array, codebook: Array, *, beta: Any = 1.0,
+             tile_size: int | None = None) -> Array:
+  """Index of the codeword that best explains each token's posterior (§2).
+
+  k* = argmax_k sum_j [log N(c_kj; mu_j, var_j) - beta log N(c_kj; 0, 1)]
+     = argmax_k [sum_j c_kj mu_j / var_j + 1/2 sum_j c_kj^2 (beta - 1/var_j)]
+
+  The second form is features [mu/var, (beta - 1/var)/2] (N, 2m) times
+  [c, c^2]^T (2m, K). It is evaluated tile by tile over K with a running
+  (max, argmax), so memory is O(N * tile + K m), never N x K. Ties go to the
+  lowest index, as `jnp.argmax` does: argmax within a tile picks the lowest,
+  and a later tile replaces the running best only when strictly greater.
+
+  Args:
+    mu: (N, m) posterior means.
+    std: (N, m) posterior standard deviations, > 0.
+    codebook: (K, m) codewords.
+    beta: weight of the prior term (the paper's omega); 2.0 at low bitrates.
+    tile_size: codewords per tile (static); default min(K, 4096).
+
+  Returns:
+    (N,) int32 indices in [0, K).
+  """
+  num_codes, dim = codebook.shape
+  if mu.ndim != 2 or mu.shape[-1] != dim or std.shape != mu.shape:
+    raise ValueError(
+        f"mu {mu.shape} and std {std.shape} must both be (N, {dim}) for a codebook "
+        f"of shape {codebook.shape}.")
+  tile_size = min(num_codes, DEFAULT_TILE_SIZE) if tile_size is None else int(tile_size)
+  if tile_size < 1:
+    raise ValueError(f"tile_size={tile_size}: need at least 1 codeword per tile.")
+  mu = mu.astype(jnp.float32)
+  inv_var = 1.0 / jnp.square(std.astype(jnp.float32))
+  beta = jnp.asarray(beta, jnp.float32)
+  features = jnp.concatenate([mu * inv_var, 0.5 * (beta - inv_var)], axis=-1)  # (N, 2m)
+  codebook = codebook.astype(jnp.float32)
+  code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)  # (K, 2m)
+
+  num_tiles = -(-num_codes // tile_size)
+  padding = num_tiles * tile_size - num_codes
+  code_features = jnp.pad(code_features, ((0, padding), (0, 0)))
+  tiles = code_features.reshape(num_tiles, tile_size, 2 * dim)
+  offsets = jnp.arange(num_tiles, dtype=jnp.int32) * tile_size
+
+  def scan_tile(carry, tile_and_offset):
+    best_score, best_index = carry
+    tile, offset = tile_and_offset
+    scores = jnp.dot(features, tile.T, precision=jax.lax.Precision.HIGHEST)  # (N, tile)
+    if padding:
+      # Padded rows (index >= K) must never win, whatever the features.
+      valid = offset + jnp.arange(tile_size, dtype=jnp.int32) < num_codes
+      scores = jnp.where(valid[None, :], scores, -jnp.inf)
+    tile_index = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    tile_score = jnp.take_along_axis(scores, tile_index[:, None], axis=-1)[:, 0]
+    better = tile_score > best_score  # Strict: ties keep the earlier (lower) index.
+    return (jnp.where(better, tile_score, best_score),
+            jnp.where(better, offset + tile_index, best_index)), None
+
+  num_tokens = features.shape[0]
+  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), jnp.zeros((num_tokens,), jnp.int32))
+  (_, indices), _ = jax.lax.scan(scan_tile, init, (tiles, offsets))
+  return indices
+
+
+def dequantize(indices: Array, codebook: Array) -> Array:
+  """Codewords of `indices`, by table look-up.
+
+  `jnp.take` rather than `one_hot(indices) @ codebook`: this is the offline
+  path on host-side or replicated indices, where a gather is O(N m) and the
+  one-hot product would be O(N K m). (STYLE.md: under explicit batch sharding
+  prefer the one-hot product.) An out-of-range index gives NaNs (take's
+  "fill" mode), which makes the error visible.
+
+  Args:
+    indices: (...) int indices in [0, K).
+    codebook: (K, m) codewords.
+
+  Returns:
+    (..., m) float32 codewords.
+  """
+  return jnp.take(codebook.astype(jnp.float32), indices, axis=0)
+
+
+def straight_through(z_gaussian: Array, z_quantized: Array) -> Array:
+  """z_g - sg(z_g) + sg(z_q): the value of z_q with the gradient of z_g."""
+  # Parenthesised so that the forward value is exactly z_q (z_g - sg(z_g) == 0).
+  return (z_gaussian - jax.lax.stop_gradient(z_gaussian)) + jax.lax.stop_gradient(z_quantized)
+
+
+def quantize_ste(mu: Array, logvar: Array, eps: Array, codebook: Array, group_size: int, *,
+                 beta: Any = 1.0, tile_size: int | None = None) -> Array:
+  """The optional straight-through training latent (`ste=True`, §2).
+
+  z_g = mu + sigma * eps is the plain Gaussian-VAE sample; z_q is the
+  codeword of each token's posterior mean (`quantize` with sigma); the result
+  has the value of z_q and the gradient of z_g with respect to mu and logvar.
+
+  Args:
+    mu: (..., c) posterior means.
+    logvar: (..., c) posterior log-variances; clipped to [-30, 20].
+    eps: (..., c) standard normal noise.
+    codebook: (K, m) codewords.
+    group_size: m; must divide c (tokens are m consecutive channels).
+    beta: prior weight of `quantize`.
+    tile_size: codeword tile of `quantize`.
+
+  Returns:
+    (..., c) float32 latents, the shape of mu.
+  """
+  channels = mu.shape[-1]
+  _check_group_size(channels, group_size)
+  if codebook.shape[-1] != group_size:
+    raise ValueError(f"codebook {codebook.shape} does not hold {group_size}-dimensional codewords.")
+  mu = mu.astype(jnp.float32)
+  logvar = jnp.clip(logvar.astype(jnp.float32), LOGVAR_MIN, LOGVAR_MAX)
+  std = jnp.exp(0.5 * logvar)
+  z_gaussian = mu + std * eps.astype(jnp.float32)
+  tokens_mu = jax.lax.stop_gradient(mu).reshape(-1, group_size)
+  tokens_std = jax.lax.stop_gradient(std).reshape(-1, group_size)
+  indices = quantize(tokens_mu, tokens_std, codebook, beta=beta, tile_size=tile_size)
+  z_quantized = dequantize(indices, codebook).reshape(mu.shape)
+  return straight_through(z_gaussian, z_quantized)
+
+
+def bits_per_pixel(latent_hw: int | Sequence[int], channels: int, group_size: int,
+                   log2_codebook_size: float, image_hw: int | Sequence[int]) -> float:
+  """bpp = h * w * (c / m) * log2(K) / (H * W).
+
+  Args:
+    latent_hw: (h, w) latent grid, or one int for a square grid.
+    channels: c latent channels.
+    group_size: m channels per token; must divide c.
+    log2_codebook_size: bits per token, log2 K.
+    image_hw: (H, W) image size, or one int for a square image.
+
+  Returns:
+    Python float, bits per image pixel.
+  """
+  _check_group_size(channels, group_size)
+  h, w = _pair(latent_hw)
+  height, width = _pair(image_hw)
+  return h * w * (channels // group_size) * float(log2_codebook_size) / (height * width)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  first, second = size
+  return int(first), int(second)
