@@ -110,6 +110,16 @@ class QuantizeTest(parameterized.TestCase):
     np.testing.assert_array_equal(z1, codebook[expected])
     np.testing.assert_array_equal(aux1["variance"], 0.0)
 
+  def test_concatenated_encoder_output_interface(self):
+    zh, raw, codebook = _inputs()
+    z_split, aux_split = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(4))
+    z_joint, aux_joint = gmvq.quantize(codebook, jnp.concatenate([zh, raw], -1),
+                                       rng=jax.random.key(4))
+    np.testing.assert_array_equal(z_joint, z_split)
+    np.testing.assert_array_equal(aux_joint["indices"], aux_split["indices"])
+    with self.assertRaisesRegex(ValueError, "2L"):
+      gmvq.quantize(codebook, zh, rng=jax.random.key(4))
+
   def test_train_requires_rng(self):
     zh, raw, codebook = _inputs()
     with self.assertRaisesRegex(ValueError, "rng"):
@@ -123,6 +133,8 @@ class LossTest(parameterized.TestCase):
     one_hot = jax.nn.one_hot(3, C)
     self.assertAlmostEqual(float(gmvq.kl_to_uniform(uniform)), 0.0, places=5)
     self.assertAlmostEqual(float(gmvq.kl_to_uniform(one_hot)), math.log(C), places=5)
+    self.assertAlmostEqual(float(gmvq.kl_agg(uniform)), 0.0, places=5)
+    self.assertAlmostEqual(float(gmvq.kl_agg(one_hot)), math.log(C), places=5)
     # Finite gradient at a one-hot qbar (zero probabilities).
     chex.assert_tree_all_finite(jax.grad(gmvq.kl_to_uniform)(one_hot))
 

@@ -85,6 +85,16 @@ class TrainStepTest(parameterized.TestCase):
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), self.state.params, state.params)
     self.assertTrue(all(jax.tree.leaves(changed)))
 
+  def test_bfloat16_networks_train(self):
+    config = tiny_configs.tiny_config(**{"model.dtype": "bfloat16"})
+    state = train_lib.create_train_state(config, jax.random.key(0), self.dataset)
+    step_fn = jax.jit(lambda s, x, r: train_lib.train_step(s, x, r, config=config))
+    for step in range(2):
+      state, metrics = step_fn(state, self.dataset.train_batch(step, 8), jax.random.key(1))
+    chex.assert_tree_all_finite(metrics)
+    self.assertEqual(state.params["codebook"].dtype, jnp.float32)  # Params stay float32.
+    self.assertEqual(int(state.step), 2)
+
   def test_jit_pmap_and_shard_map_agree_after_three_steps(self):
     """Same global batch of 8: 1 device, or 4 devices with 2 examples each."""
     self.assertGreaterEqual(jax.device_count(), 4)

@@ -72,7 +72,7 @@ def gumbel_softmax_straight_through(
 def quantize(
     codebook: Array,
     zh: Array,
-    raw_weights: Array,
+    raw_weights: Array | None = None,
     *,
     rng: Array | None = None,
     temperature: Array | float = 1.0,
@@ -88,7 +88,9 @@ def quantize(
 
   Args:
     codebook: (C, L) Gaussian means.
-    zh: (N, L) proxy latents.
+    zh: (N, L) proxy latents; or the whole (N, 2L) encoder output `[zh, r]`
+      when `raw_weights` is None (the `quantize(codebook, z)` interface
+      shared by the quantizers).
     raw_weights: (N, L) raw weights `r`; `w = softplus(r)` (Eq. 15).
     rng: typed key or (N,) keys; required when `train`.
     temperature: Gumbel-softmax temperature.
@@ -103,8 +105,14 @@ def quantize(
     `log_probs` (N, C).
   """
   codebook = codebook.astype(jnp.float32)
-  zh = zh.astype(jnp.float32)
   num_codes, dim = codebook.shape
+  if raw_weights is None:
+    if zh.shape[-1] != 2 * dim:
+      raise ValueError(
+          f"Without raw_weights, the encoder output must be (N, 2L) = (N, {2 * dim}) holding"
+          f" [zh, r]; got {zh.shape}. Pass raw_weights=r separately for (N, L) latents.")
+    zh, raw_weights = zh[..., :dim], zh[..., dim:]
+  zh = zh.astype(jnp.float32)
   weights = jax.nn.softplus(raw_weights.astype(jnp.float32))  # Eq. 15
   logit = logits(zh, weights, codebook)  # Eq. 16
   log_probs = jax.nn.log_softmax(logit, axis=-1)  # Eq. 17
@@ -171,6 +179,15 @@ def kl_to_uniform(probs: Array, log_probs: Array | None = None) -> Array:
   return jnp.sum(probs * log_probs, axis=-1) + math.log(num_codes)
 
 
+def kl_agg(qbar: Array) -> Array:
+  """The ALBO's KL term: KL(qbar || Uniform(C)), 0 for a uniform qbar, log C for a one-hot one.
+
+  Args:
+    qbar: (C,) aggregated posterior, the mean of q(c|x) over the global batch.
+  """
+  return kl_to_uniform(qbar)
+
+
 def albo_loss(
     images: Array,
     reconstructions: Array,
@@ -223,7 +240,7 @@ def albo_loss(
     distances = common.squared_distances(z, codebook)  # (N, C)
     reg = jnp.mean(jnp.dot(distances, qbar))
   if objective == "albo":
-    kl = kl_to_uniform(qbar)
+    kl = kl_agg(qbar)
   else:
     kl = jnp.mean(kl_to_uniform(probs, aux["log_probs"]))
   loss = recon + gamma * (reg + beta * kl)
