@@ -86,5 +86,6 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
   config.optimizer.warmup_steps = 2
   config.model.channels = (8, 16)
   config.model.num_res_blocks = 1
-  config.quantizer.num_codes = 64
-  config.quantizer.latent_dim = 8
+  if config.method == "gmvq":
+    config.quantizer.num_codes = 64
+    config.quantizer.latent_dim = 8

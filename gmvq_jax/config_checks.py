@@ -15,7 +15,7 @@ from gmvq_jax import parallel
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gmvq, kmeans
 
-METHODS = ("gmvq",)
+METHODS = ("gmvq", "gq")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -92,6 +92,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
            "model.channels", channels, "must be two positive widths, e.g. (32, 64)")
   _int_at_least(config, "model.num_res_blocks", 0)
 
+  if config.method == "gq":
+    _validate_gq(config)
+  else:
+    _validate_gmvq(config)
+
+  _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
+  _number(config, "optimizer.weight_decay", minimum=0.0)
+  _number(config, "optimizer.grad_clip", minimum=0.0)
+  _number(config, "optimizer.eps", minimum=0.0, strict=True)
+  warmup = _int_at_least(config, "optimizer.warmup_steps", 0)
+  _require(warmup < num_steps, "optimizer.warmup_steps", warmup,
+           f"must be smaller than num_steps={num_steps}")
+
+
+def _validate_gq(config) -> None:
+  channels = _int_at_least(config, "quantizer.latent_channels", 1)
+  group = _int_at_least(config, "quantizer.group_size", 1)
+  _require(channels % group == 0, "quantizer.group_size", group,
+           f"must divide quantizer.latent_channels={channels} (tokens are groups of"
+           " consecutive channels)")
+  _int_at_least(config, "quantizer.log2_codebook_size", 1, " (K = 2^log2_codebook_size >= 2)")
+  _number(config, "quantizer.tolerance", minimum=0.0, strict=True)
+  _number(config, "quantizer.factor", minimum=1.0, strict=True)
+  _number(config, "quantizer.kl_weight", minimum=0.0)
+
+
+def _validate_gmvq(config) -> None:
   _int_at_least(config, "quantizer.num_codes", 2, " (a codebook needs at least two codes)")
   _int_at_least(config, "quantizer.latent_dim", 1)
   _number(config, "quantizer.beta", minimum=0.0)
@@ -107,11 +134,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "quantizer.kmeans_seeding", kmeans.SEEDINGS)
   _int_at_least(config, "quantizer.kmeans_iters", 0)
   _int_at_least(config, "quantizer.kmeans_batches", 1)
-
-  _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
-  _number(config, "optimizer.weight_decay", minimum=0.0)
-  _number(config, "optimizer.grad_clip", minimum=0.0)
-  _number(config, "optimizer.eps", minimum=0.0, strict=True)
-  warmup = _int_at_least(config, "optimizer.warmup_steps", 0)
-  _require(warmup < num_steps, "optimizer.warmup_steps", warmup,
-           f"must be smaller than num_steps={num_steps}")

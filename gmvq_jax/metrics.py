@@ -70,3 +70,27 @@ def summarize_eval(sums: dict) -> dict[str, float]:
       hard_perplexity=float(hard_perplexity(np.asarray(sums["code_counts"]))),
       code_usage=float(code_usage(np.asarray(sums["code_counts"]))),
   )
+
+
+def summarize_gaussian_eval(sums: dict) -> dict[str, float]:
+  """Figures of a Gaussian (GQ, before conversion) evaluation from accumulated sums.
+
+  Args:
+    sums: `squared_error`, `num_values`, and the per-token KL statistics
+      `kl_bits_sum`, `num_tokens`, `within_tolerance`, `kl_bits_min`,
+      `kl_bits_max`.
+
+  Returns:
+    mse, psnr, kl_bits_mean, kl_bits_min, kl_bits_max and
+    fraction_within_tolerance, as Python floats.
+  """
+  mean_sq = float(sums["squared_error"]) / max(float(sums["num_values"]), 1.0)
+  tokens = max(float(sums["num_tokens"]), 1.0)
+  return dict(
+      mse=mean_sq,
+      psnr=float(psnr(mean_sq)),
+      kl_bits_mean=float(sums["kl_bits_sum"]) / tokens,
+      kl_bits_min=float(sums["kl_bits_min"]),
+      kl_bits_max=float(sums["kl_bits_max"]),
+      fraction_within_tolerance=float(sums["within_tolerance"]) / tokens,
+  )

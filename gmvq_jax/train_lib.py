@@ -31,6 +31,7 @@ from gmvq_jax import parallel
 from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
+from gmvq_jax.quantizers import gq
 from gmvq_jax.quantizers import kmeans
 
 Array = jax.Array
@@ -62,15 +63,18 @@ class TrainState(flax.struct.PyTreeNode):
 def build_model(config: ml_collections.ConfigDict, axis_name: Any = None) -> nn.Module:
   """The autoencoder a config describes; `axis_name` for cross-device BatchNorm."""
   q = config.quantizer
+  networks = dict(channels=tuple(config.model.channels),
+                  num_res_blocks=config.model.num_res_blocks, axis_name=axis_name,
+                  dtype=jnp.dtype(config.model.dtype))
+  if config.method == "gq":
+    return autoencoder.GaussianAutoencoder(latent_channels=q.latent_channels, **networks)
   return autoencoder.GMVQAutoencoder(
-      num_codes=q.num_codes,
-      latent_dim=q.latent_dim,
-      sigma_z2=q.sigma_z2,
-      channels=tuple(config.model.channels),
-      num_res_blocks=config.model.num_res_blocks,
-      axis_name=axis_name,
-      dtype=jnp.dtype(config.model.dtype),
-  )
+      num_codes=q.num_codes, latent_dim=q.latent_dim, sigma_z2=q.sigma_z2, **networks)
+
+
+def initial_quantizer_state(config: ml_collections.ConfigDict) -> Any:
+  """Non-gradient quantizer state: the TDC multipliers for GQ, None for GM-VQ."""
+  return gq.init_tdc_state() if config.method == "gq" else None
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -124,7 +128,7 @@ def create_train_state(
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, sample)
   params, batch_stats = variables["params"], variables["batch_stats"]
   q = config.quantizer
-  if q.kmeans_init:
+  if config.method == "gmvq" and q.kmeans_init:
     images = np.concatenate(
         [dataset.train_batch(i, config.batch_size) for i in range(q.kmeans_batches)])
     latents = jax.jit(functools.partial(encoder_latents, model))(variables, images)
@@ -135,7 +139,8 @@ def create_train_state(
     params = dict(params, codebook=codebook)
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), quantizer_state=None, tx=tx)
+                    opt_state=tx.init(params), quantizer_state=initial_quantizer_state(config),
+                    tx=tx)
 
 
 # --------------------------------------------------------------------- steps
@@ -172,31 +177,44 @@ def train_step(
   model = build_model(config, axis_name)
   q = config.quantizer
   keys = example_keys(rng, state.step, images.shape[0], axis_name)
-  tau = temperature(config, state.step)
+  tau = temperature(config, state.step) if config.method == "gmvq" else jnp.float32(1.0)
 
   def loss_fn(params):
     (reconstructions, z, aux), new_vars = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         example_keys=keys, temperature=tau, mutable=["batch_stats"])
+    if config.method == "gq":
+      bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)  # (B, h, w, c/m)
+      recon = jnp.mean(jnp.square(images - reconstructions))
+      kl_loss = gq.tdc_loss(bits, state.quantizer_state, log2_codebook_size=q.log2_codebook_size,
+                            tolerance=q.tolerance)
+      loss = recon + q.kl_weight * kl_loss
+      terms = dict(loss=loss, recon=recon, kl_loss=kl_loss)
+      return loss, (terms, new_vars["batch_stats"], bits)
     loss, terms = gmvq.albo_loss(
         images, reconstructions, z, aux, params["codebook"], beta=q.beta, gamma=q.gamma,
         objective=q.objective, latent_reg=q.latent_reg, axis_name=axis_name)
     return loss, (terms, new_vars["batch_stats"], aux["codes"])
 
-  grads, (terms, batch_stats, codes) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (terms, batch_stats, extra) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = common.pmean(grads, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
   metrics = common.pmean(terms, axis_name)
-  metrics.update(
-      temperature=tau,
-      learning_rate=learning_rate_schedule(config)(state.step),
-      batch_code_usage=metrics_lib.code_usage(code_counts),
-      grad_norm=optax.tree.norm(grads),
-  )
+  metrics.update(learning_rate=learning_rate_schedule(config)(state.step),
+                 grad_norm=optax.tree.norm(grads))
+  quantizer_state = state.quantizer_state
+  if config.method == "gq":
+    # Multipliers move after every step from GLOBAL statistics of R (§2).
+    tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
+    metrics.update(gq.tdc_metrics(extra, state.quantizer_state, axis_name=axis_name, **tdc))
+    quantizer_state = gq.tdc_update(state.quantizer_state, extra, factor=q.factor,
+                                    axis_name=axis_name, **tdc)
+  else:
+    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(extra), axis=0), axis_name)
+    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+                            opt_state=opt_state, quantizer_state=quantizer_state)
   return new_state, metrics
 
 
@@ -218,14 +236,31 @@ def eval_step(
   Returns:
     `(sums, reconstructions)`: sums over real examples of squared error,
     pixel count, the code histogram (C,), and this batch's paper perplexity
-    `exp(H(qbar))` with its weight (1 unless the batch is all padding).
+    `exp(H(qbar))` with its weight (1 unless the batch is all padding). For
+    GQ, instead of the code statistics: the per-token KL bits' sum, count,
+    min, max and how many tokens are within tolerance of log2 K.
   """
   model = build_model(config)
   reconstructions, _, aux = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
+  if config.method == "gq":
+    q = config.quantizer
+    bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)
+    token_mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (bits.ndim - 1)), bits.shape)
+    within = jnp.abs(bits - q.log2_codebook_size) <= q.tolerance
+    sums = dict(
+        squared_error=jnp.sum(squared * mask),
+        num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
+        kl_bits_sum=jnp.sum(bits * token_mask),
+        num_tokens=jnp.sum(token_mask),
+        within_tolerance=jnp.sum(within * token_mask),
+        kl_bits_min=jnp.min(jnp.where(token_mask > 0, bits, jnp.inf)),
+        kl_bits_max=jnp.max(jnp.where(token_mask > 0, bits, -jnp.inf)),
+    )
+    return sums, reconstructions
   vectors_per_example = aux["indices"].shape[0] // images.shape[0]
   vector_mask = jnp.repeat(mask, vectors_per_example)
-  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
   qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0) / jnp.maximum(jnp.sum(vector_mask), 1.0)
   has_data = (jnp.sum(mask) > 0).astype(jnp.float32)
   sums = dict(
@@ -278,12 +313,23 @@ def evaluate(
     sums, reconstructions = step_fn(state, images, mask)
     sums = jax.device_get(sums)
     for name, value in sums.items():
-      totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
+      value = np.asarray(value, np.float64)
+      if name not in totals:
+        totals[name] = value
+      elif name.endswith("_min"):
+        totals[name] = np.minimum(totals[name], value)
+      elif name.endswith("_max"):
+        totals[name] = np.maximum(totals[name], value)
+      else:
+        totals[name] = totals[name] + value
     have = sum(p[0].shape[0] for p in pairs)
     if have < num_images:
       take = min(num_images - have, real)
       pairs.append((images[:take], np.asarray(reconstructions[:take])))
-  figures = metrics_lib.summarize_eval(totals)
+  if config.method == "gq":
+    figures = metrics_lib.summarize_gaussian_eval(totals)
+  else:
+    figures = metrics_lib.summarize_eval(totals)
   if not pairs:
     return figures, None
   originals = np.concatenate([p[0] for p in pairs])
@@ -347,7 +393,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done % config.log_every_steps == 0 or done == config.num_steps:
       host_metrics = strategy.get_metrics(step_metrics)
       writer.write(done, "train", host_metrics)
-      progress.report(done, {k: host_metrics[k] for k in ("loss", "recon", "kl", "qbar_perplexity")})
+      shown = (("loss", "recon", "kl_bits_mean", "lam") if config.method == "gq"
+               else ("loss", "recon", "kl", "qbar_perplexity"))
+      progress.report(done, {k: host_metrics[k] for k in shown})
     if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
       checkpointing.save(manager, done, strategy.get_state(placed), config)
     if config.eval_every_steps and done % config.eval_every_steps == 0 and done < config.num_steps:
@@ -373,4 +421,4 @@ def create_train_state_shapes(config: ml_collections.ConfigDict, dataset: Any) -
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                    quantizer_state=None, tx=tx)
+                    quantizer_state=initial_quantizer_state(config), tx=tx)

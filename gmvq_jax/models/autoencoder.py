@@ -1,4 +1,4 @@
-"""Autoencoder glue: encoder -> GM-VQ quantizer -> decoder.
+"""Autoencoder glue: encoder -> quantizer (GM-VQ) or Gaussian posterior (GQ) -> decoder.
 
 The quantizer itself is the pure `gmvq_jax.quantizers.gmvq.quantize`; this
 module only owns the codebook parameter and reshapes the latent grid.
@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from gmvq_jax.models import networks
+from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
+from gmvq_jax.quantizers import gq
 
 
 def vector_keys(example_keys: jax.Array, vectors_per_example: int) -> jax.Array:
@@ -106,3 +108,66 @@ class GMVQAutoencoder(nn.Module):
     )
     reconstructions = self.decode(z.reshape(batch, height, width, dim), train)
     return reconstructions, z, aux
+
+
+class GaussianAutoencoder(nn.Module):
+  """The GQ model: a Gaussian VAE whose encoder emits (mu, logvar), 2c channels.
+
+  Training samples `z = mu + sigma * eps` (ALGORITHMS.md §2); evaluation
+  decodes the posterior mean. Offline, `gq.quantize` turns `mu` into tokens.
+
+  Attributes:
+    latent_channels: c, channels of the latent grid (tokens are groups of m).
+    channels, num_res_blocks, axis_name, dtype: as in `GMVQAutoencoder`.
+  """
+
+  latent_channels: int
+  channels: Sequence[int] = (32, 64)
+  num_res_blocks: int = 2
+  axis_name: Any = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = networks.Encoder(
+        2 * self.latent_channels, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.decoder = networks.Decoder(
+        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+
+  def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Images -> (mu, logvar), each (B, h, w, c) float32, logvar clipped to [-30, 20]."""
+    out = self.encoder(images, train).astype(jnp.float32)
+    mu, logvar = out[..., : self.latent_channels], out[..., self.latent_channels:]
+    return mu, jnp.clip(logvar, gq.LOGVAR_MIN, gq.LOGVAR_MAX)
+
+  def decode(self, z: jax.Array, train: bool) -> jax.Array:
+    return self.decoder(z, train)
+
+  def __call__(
+      self,
+      images: jax.Array,
+      *,
+      train: bool,
+      example_keys: jax.Array | None = None,
+      temperature: jax.Array | float = 1.0,
+  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Encodes, samples (train) or takes the mean (eval), and decodes.
+
+    Args:
+      images: (B, H, W, 3) in [0, 1].
+      train: sample z and use batch statistics, or decode the mean.
+      example_keys: (B,) typed keys; required when `train`.
+      temperature: unused (the GM-VQ signature, so one train step serves both).
+
+    Returns:
+      `(reconstructions, z, aux)`: z is (B, h, w, c); aux holds `mu` and
+      `logvar`, each (B, h, w, c).
+    """
+    del temperature
+    mu, logvar = self.encode(images, train)
+    z = mu
+    if train:
+      batch, height, width, channels = mu.shape
+      keys = vector_keys(example_keys, height * width)
+      eps = common.draw(jax.random.normal, keys, (batch * height * width, channels))
+      z = mu + jnp.exp(0.5 * logvar) * eps.reshape(mu.shape)
+    return self.decode(z, train), z, dict(mu=mu, logvar=logvar)

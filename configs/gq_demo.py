@@ -1,0 +1,46 @@
+"""GQ (a Gaussian VAE under the Target Divergence Constraint) on the embedded photographs.
+
+`python -m launch.train --config=configs/gq_demo.py --workdir=DIR`. The
+offline conversion to a VQ-VAE (sampling the N(0, I) codebook and quantizing
+posterior means) is `gmvq_jax.quantizers.gq`; its launcher is still to come.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def gq_quantizer() -> ml_collections.ConfigDict:
+  """GQ fields (ALGORITHMS.md §2): c latent channels in tokens of m, K = 2^log2_codebook_size."""
+  q = ml_collections.ConfigDict()
+  q.latent_channels = 16  # c
+  q.group_size = 8  # m: c / m tokens per latent position.
+  q.log2_codebook_size = 12  # TDC target T = log2 K bits per token.
+  q.tolerance = 0.5  # alpha, bits.
+  q.factor = 1.01  # Multiplier update factor f.
+  q.kl_weight = 0.1
+  return q
+
+
+def get_config(variant: str | None = None):
+  config = base.get_config()
+  config.method = "gq"
+  config.quantizer = gq_quantizer()
+  config.dataset = "embedded"
+  config.image_size = 32
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_steps = 2000
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 500
+  config.optimizer.peak_lr = 2e-3
+  config.optimizer.warmup_steps = 200
+  if variant == "smoke":
+    base.shrink_for_smoke(config)
+    config.quantizer = gq_quantizer()
+    config.quantizer.latent_channels = 8
+    config.quantizer.group_size = 4
+    config.quantizer.log2_codebook_size = 6
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of gq_demo; known: 'smoke'.")
+  return config

@@ -1,0 +1,105 @@
+"""GQ in the training harness: TDC state in the train step, checkpoints, devices."""
+
+import functools
+import shutil
+import tempfile
+
+from absl.testing import absltest
+import chex
+import jax
+import numpy as np
+
+from configs import gq_demo
+from gmvq_jax import checkpointing
+from gmvq_jax import config_checks
+from gmvq_jax import parallel
+from gmvq_jax import train_lib
+from gmvq_jax.quantizers import gq
+import tiny_configs
+
+
+def _tiny_gq_config(**overrides):
+  config = gq_demo.get_config("smoke")
+  config.image_size = 16
+  config.num_eval_examples = 12
+  for field, value in overrides.items():
+    node = config
+    *path, last = field.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def _trajectory(mode, config, state, dataset, num_steps):
+  strategy = parallel.make(mode, jax.devices()[: 1 if mode == "jit" else 4])
+  step_fn = strategy.compile_step(functools.partial(train_lib.train_step, config=config))
+  placed = strategy.put_state(state)
+  lams = []
+  for step in range(num_steps):
+    placed, metrics = step_fn(placed, strategy.put_batch(dataset.train_batch(step, 8)),
+                              jax.random.key(3))
+    metrics = strategy.get_metrics(metrics)
+    tdc = jax.device_get(strategy.get_state(placed).quantizer_state)
+    lams.append([float(tdc.lam), float(tdc.lam_min), float(tdc.lam_max),
+                 float(metrics["kl_bits_mean"]), float(metrics["kl_bits_max"])])
+  return np.array(lams), jax.device_get(strategy.get_state(placed))
+
+
+class GQTrainingTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = _tiny_gq_config()
+    cls.dataset = tiny_configs.RandomImages()
+    cls.state = train_lib.create_train_state(cls.config, jax.random.key(0), cls.dataset)
+
+  def test_state_starts_with_unit_multipliers(self):
+    self.assertIsInstance(self.state.quantizer_state, gq.TDCState)
+    for value in self.state.quantizer_state:
+      self.assertEqual(float(value), 1.0)
+
+  def test_lam_trajectory_same_on_one_and_four_devices(self):
+    single, state_single = _trajectory("jit", self.config, self.state, self.dataset, 4)
+    # The multipliers moved, so the comparison is not of constants.
+    self.assertFalse(np.allclose(single[-1, :3], 1.0))
+    for mode in ("pmap", "shard_map"):
+      multi, state_multi = _trajectory(mode, self.config, self.state, self.dataset, 4)
+      np.testing.assert_allclose(multi, single, rtol=1e-5, err_msg=mode)
+      chex.assert_trees_all_close(state_multi.params, state_single.params, atol=1e-5, rtol=1e-5)
+
+  def test_tdc_state_survives_checkpoint(self):
+    _, trained = _trajectory("jit", self.config, self.state, self.dataset, 3)
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    manager = checkpointing.make_manager(workdir)
+    checkpointing.save(manager, 3, trained, self.config)
+    target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(self.config, self.dataset))
+    restored = checkpointing.restore_state(manager, target)
+    manager.close()
+    self.assertIsInstance(restored.quantizer_state, gq.TDCState)
+    chex.assert_trees_all_equal(jax.device_get(restored.quantizer_state),
+                                jax.device_get(trained.quantizer_state))
+    self.assertNotEqual(float(restored.quantizer_state.lam), 1.0)
+
+  def test_train_and_evaluate_reports_kl_bits(self):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    config = _tiny_gq_config(num_steps=4, parallelism="jit", dataset="embedded")
+    figures = train_lib.train_and_evaluate(config, workdir)
+    for key in ("mse", "psnr", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
+                "fraction_within_tolerance"):
+      self.assertIn(key, figures)
+    self.assertLessEqual(figures["kl_bits_min"], figures["kl_bits_mean"])
+    self.assertLessEqual(figures["kl_bits_mean"], figures["kl_bits_max"])
+    self.assertBetween(figures["fraction_within_tolerance"], 0.0, 1.0)
+
+  def test_group_size_must_divide_channels(self):
+    config = _tiny_gq_config(**{"quantizer.group_size": 3})
+    with self.assertRaisesRegex(config_checks.ConfigError, "quantizer.group_size=3"):
+      config_checks.validate(config, num_devices=1)
+
+
+if __name__ == "__main__":
+  absltest.main()
