@@ -162,7 +162,10 @@ def train_step(
     config: ml_collections.ConfigDict,
     axis_name: Any = None,
 ) -> tuple[TrainState, dict[str, Array]]:
-  """One GM-VQ training step on this device's share of the global batch.
+  """One GM-VQ (ALBO) or GQ (TDC) training step on this device's share of the batch.
+
+  GQ also updates the TDC multipliers in `state.quantizer_state` from the
+  global statistics of the per-token KL bits.
 
   Args:
     state: the train state (replicated).
@@ -185,7 +188,7 @@ def train_step(
         example_keys=keys, temperature=tau, mutable=["batch_stats"])
     if config.method == "gq":
       bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)  # (B, h, w, c/m)
-      recon = jnp.mean(jnp.square(images - reconstructions))
+      recon = metrics_lib.mse(images, reconstructions)
       kl_loss = gq.tdc_loss(bits, state.quantizer_state, log2_codebook_size=q.log2_codebook_size,
                             tolerance=q.tolerance)
       loss = recon + q.kl_weight * kl_loss
