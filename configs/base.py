@@ -71,6 +71,19 @@ def paper_schedule(config: ml_collections.ConfigDict, *, train_examples: int,
   config.eval_every_steps = warmup_epochs * steps_per_epoch
 
 
+def cpu_demo(config: ml_collections.ConfigDict) -> None:
+  """The demos' budget: 32x32 crops of the embedded photographs, 2000 steps of 64 on a CPU."""
+  config.dataset = "embedded"
+  config.image_size = 32
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_steps = 2000
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 500
+  config.optimizer.peak_lr = 2e-3
+  config.optimizer.warmup_steps = 200
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
   """A `:smoke` variant: tiny networks, a few steps, a global batch of 8.
 

@@ -9,15 +9,7 @@ from configs import base
 
 def get_config(variant: str | None = None):
   config = base.get_config()
-  config.dataset = "embedded"
-  config.image_size = 32
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.num_steps = 2000
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 500
-  config.optimizer.peak_lr = 2e-3
-  config.optimizer.warmup_steps = 200
+  base.cpu_demo(config)
   # The entropy weight of "GM-VQ + Entropy" (beta > 1, paper 001 Sec. 5.1).
   # Measured here (README): beta = 1 ends with 100 codes in use, hard
   # perplexity 51.5, test MSE 10.0e-3; beta = 10 with 409 codes, hard

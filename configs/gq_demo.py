@@ -26,18 +26,9 @@ def get_config(variant: str | None = None):
   config = base.get_config()
   config.method = "gq"
   config.quantizer = gq_quantizer()
-  config.dataset = "embedded"
-  config.image_size = 32
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.num_steps = 2000
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 500
-  config.optimizer.peak_lr = 2e-3
-  config.optimizer.warmup_steps = 200
+  base.cpu_demo(config)
   if variant == "smoke":
     base.shrink_for_smoke(config)
-    config.quantizer = gq_quantizer()
     config.quantizer.latent_channels = 8
     config.quantizer.group_size = 4
     config.quantizer.log2_codebook_size = 6

@@ -22,13 +22,7 @@ def _tiny_gq_config(**overrides):
   config = gq_demo.get_config("smoke")
   config.image_size = 16
   config.num_eval_examples = 12
-  for field, value in overrides.items():
-    node = config
-    *path, last = field.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+  return tiny_configs.apply_overrides(config, overrides)
 
 
 def _trajectory(mode, config, state, dataset, num_steps):

@@ -19,6 +19,11 @@ def tiny_config(**overrides):
   config.quantizer.latent_dim = 8
   config.quantizer.gamma = 0.01
   config.quantizer.kmeans_iters = 5
+  return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides):
+  """Sets dotted fields, e.g. {"quantizer.beta": 2.0}, as --config.FIELD=VALUE would."""
   for field, value in overrides.items():
     node = config
     *path, last = field.split(".")
