@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.5",
     "ml_collections>=1.1",
     "numpy>=2.0",
+    "scipy>=1.11",  # Scrambled Sobol points and the inverse normal CDF of the GQ codebook.
     "scikit-image>=0.26",  # Ships the photographs of the embedded demo dataset.
     "pillow>=10",  # Writes reconstruction PNGs.
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.

@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = "gmvq"
   config.seed = 0
 
-  # Data: 'embedded' (photographs shipped with scikit-image), 'cifar10', 'celeb_a'.
+  # Data: 'embedded' (photographs shipped with scikit-image), 'cifar10', 'celeb_a', 'imagenet2012'.
   config.dataset = "embedded"
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
   config.image_size = 32

@@ -19,6 +19,12 @@ def gq_quantizer() -> ml_collections.ConfigDict:
   q.tolerance = 0.5  # alpha, bits.
   q.factor = 1.01  # Multiplier update factor f.
   q.kl_weight = 0.1
+  # The fixed N(0, I) codebook: used by `launch.quantize` (its default seed,
+  # sampler and beta) and, with ste=True, already during training.
+  q.codebook_seed = 0
+  q.codebook_sampler = "sobol"  # Or 'normal'.
+  q.beta = 1.0  # Prior weight of the quantization rule (the paper's omega).
+  q.ste = False  # Straight-through training: forward the codeword, gradient of the sample.
   return q
 
 

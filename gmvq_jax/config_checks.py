@@ -13,7 +13,7 @@ import ml_collections
 from gmvq_jax import data
 from gmvq_jax import parallel
 from gmvq_jax.models import networks
-from gmvq_jax.quantizers import gmvq, kmeans
+from gmvq_jax.quantizers import gmvq, gq, kmeans
 
 METHODS = ("gmvq", "gq")
 DTYPES = ("float32", "bfloat16")
@@ -70,10 +70,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "parallelism", parallel.MODES)
   _choice(config, "model.dtype", DTYPES)
 
-  image_size = _int_at_least(config, "image_size", networks.DOWNSAMPLING)
-  _require(image_size % networks.DOWNSAMPLING == 0, "image_size", image_size,
-           f"must divide by {networks.DOWNSAMPLING}, the encoder's downsampling factor"
-           f" (two stride-2 convolutions); e.g. {image_size - image_size % networks.DOWNSAMPLING}")
+  channels = _get(config, "model.channels")
+  _require(isinstance(channels, (tuple, list)) and len(channels) >= 1
+           and all(isinstance(c, int) and c >= 1 for c in channels), "model.channels", channels,
+           "must be a non-empty tuple of positive ints (one stride-2 stage each)")
+  factor = networks.downsampling_factor(channels)
+  image_size = _int_at_least(config, "image_size", factor)
+  _require(image_size % factor == 0, "image_size", image_size,
+           f"must divide by {factor}, the encoder's downsampling factor ({len(channels)}"
+           f" stride-2 convolutions, one per model.channels entry); e.g."
+           f" {max(factor, image_size - image_size % factor)}")
 
   batch_size = _int_at_least(config, "batch_size", 1)
   if config.parallelism != "jit" and num_devices > 1:
@@ -87,9 +93,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _int_at_least(config, "eval_every_steps", 0, " (0 evaluates only at the end)")
   _int_at_least(config, "seed", 0)
 
-  channels = _get(config, "model.channels")
-  _require(len(tuple(channels)) == 2 and all(int(c) >= 1 for c in channels),
-           "model.channels", channels, "must be two positive widths, e.g. (32, 64)")
   _int_at_least(config, "model.num_res_blocks", 0)
 
   if config.method == "gq":
@@ -116,6 +119,11 @@ def _validate_gq(config) -> None:
   _number(config, "quantizer.tolerance", minimum=0.0, strict=True)
   _number(config, "quantizer.factor", minimum=1.0, strict=True)
   _number(config, "quantizer.kl_weight", minimum=0.0)
+  _int_at_least(config, "quantizer.codebook_seed", 0)
+  _choice(config, "quantizer.codebook_sampler", gq.SAMPLERS)
+  _number(config, "quantizer.beta", minimum=0.0)
+  _require(isinstance(config.quantizer.ste, bool), "quantizer.ste", config.quantizer.ste,
+           "must be True or False")
 
 
 def _validate_gmvq(config) -> None:

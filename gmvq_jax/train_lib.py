@@ -143,6 +143,24 @@ def create_train_state(
                     tx=tx)
 
 
+def gq_codebook(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The GQ codebook a config names: (K, m) float32, regenerated from its seed."""
+  q = config.quantizer
+  return gq.sample_codebook(q.codebook_seed, 2**q.log2_codebook_size, q.group_size,
+                            q.codebook_sampler)
+
+
+def gq_sample_fn(config: ml_collections.ConfigDict):
+  """None (plain Gaussian sample), or the straight-through sample when `quantizer.ste`."""
+  q = config.quantizer
+  if not q.ste:
+    return None
+  # Sampled on the host while tracing: a constant of the compiled step.
+  codebook = jnp.asarray(gq_codebook(config))
+  return functools.partial(gq.quantize_ste, codebook=codebook, group_size=q.group_size,
+                           beta=q.beta)
+
+
 # --------------------------------------------------------------------- steps
 
 
@@ -180,19 +198,27 @@ def train_step(
   model = build_model(config, axis_name)
   q = config.quantizer
   keys = example_keys(rng, state.step, images.shape[0], axis_name)
-  tau = temperature(config, state.step) if config.method == "gmvq" else jnp.float32(1.0)
+  if config.method == "gq":
+    model_kwargs = dict(sample_fn=gq_sample_fn(config))
+  else:
+    tau = temperature(config, state.step)
+    model_kwargs = dict(temperature=tau)
 
   def loss_fn(params):
     (reconstructions, z, aux), new_vars = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        example_keys=keys, temperature=tau, mutable=["batch_stats"])
+        example_keys=keys, mutable=["batch_stats"], **model_kwargs)
     if config.method == "gq":
       bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)  # (B, h, w, c/m)
-      recon = metrics_lib.mse(images, reconstructions)
+      # Both terms are per-image totals averaged over images (squared error
+      # summed over pixels, KL bits summed over tokens), so kl_weight weighs
+      # like against like whatever the image and latent sizes.
+      recon_loss = jnp.mean(jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3)))
       kl_loss = gq.tdc_loss(bits, state.quantizer_state, log2_codebook_size=q.log2_codebook_size,
                             tolerance=q.tolerance)
-      loss = recon + q.kl_weight * kl_loss
-      terms = dict(loss=loss, recon=recon, kl_loss=kl_loss)
+      loss = recon_loss + q.kl_weight * kl_loss
+      terms = dict(loss=loss, recon=metrics_lib.mse(images, reconstructions),
+                   recon_loss=recon_loss, kl_loss=kl_loss)
       return loss, (terms, new_vars["batch_stats"], bits)
     loss, terms = gmvq.albo_loss(
         images, reconstructions, z, aux, params["codebook"], beta=q.beta, gamma=q.gamma,

@@ -142,7 +142,7 @@ class EmbeddedTest(parameterized.TestCase):
 class RegistryTest(parameterized.TestCase):
 
   def test_names(self):
-    self.assertEqual(data.DATASET_NAMES, ("embedded", "cifar10", "celeb_a"))
+    self.assertEqual(data.DATASET_NAMES, ("embedded", "cifar10", "celeb_a", "imagenet2012"))
     for name in data.DATASET_NAMES:
       data.validate_dataset_name(name)  # Must not raise.
 
@@ -154,7 +154,8 @@ class RegistryTest(parameterized.TestCase):
       for name in ("mnist",) + data.DATASET_NAMES:
         self.assertIn(repr(name), str(raised.exception))
 
-  @parameterized.parameters(("cifar10", 64), ("cifar10", 16), ("celeb_a", 179), ("celeb_a", 4))
+  @parameterized.parameters(("cifar10", 64), ("cifar10", 16), ("celeb_a", 179), ("celeb_a", 4),
+                            ("imagenet2012", 513), ("imagenet2012", 4))
   def test_image_size_the_source_cannot_provide_raises(self, name, image_size):
     with self.assertRaisesRegex(ValueError, "image_size"):
       data.make_dataset(name, image_size=image_size, seed=0)
@@ -258,10 +259,36 @@ class TfdsTest(parameterized.TestCase):
     eval_batches = list(ds.eval_batches(4))
     self.assertEqual([b.shape for b in eval_batches], [(4, 64, 64, 3), (4, 64, 64, 3), (2, 64, 64, 3)])
 
+  def test_imagenet_evaluates_on_validation_with_centre_square_crops(self):
+    with mock.patch.object(tfds, "data_source", wraps=tfds.data_source) as spy:
+      ds = data.make_dataset("imagenet2012", image_size=32, seed=2)
+    # ImageNet's test labels are not public: its validation split is held out.
+    self.assertEqual(sorted(c.kwargs["split"] for c in spy.call_args_list),
+                     ["train", "validation"])
+    batch = ds.train_batch(0, 3)
+    chex.assert_shape(batch, (3, 32, 32, 3))
+    raw = [np.asarray(tfds.data_source("imagenet2012", split="train", download=False)[int(i)]
+                      ["image"]) for i in ds.train_indices(0, 3)]
+    expected = []
+    for image in raw:  # The centred square, resized bilinearly.
+      side = min(image.shape[:2])
+      top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+      square = Image.fromarray(image[top:top + side, left:left + side])
+      expected.append(np.asarray(square.resize((32, 32), Image.BILINEAR)))
+    np.testing.assert_array_equal(_to_uint8(batch), expected)
+    chex.assert_shape(next(ds.eval_batches(4)), (4, 32, 32, 3))
+
+  def test_train_split_batches_cover_the_training_split_in_order(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=3)
+    batches = list(ds.train_split_batches(4))
+    self.assertEqual([b.shape[0] for b in batches], [4, 4, 2])
+    expected = self._raw_images("cifar10", "train", range(NUM_MOCK_EXAMPLES)) / np.float32(255)
+    np.testing.assert_array_equal(np.concatenate(batches), expected.astype(np.float32))
+
 
 class NotPreparedTest(parameterized.TestCase):
 
-  @parameterized.parameters(("cifar10", 32), ("celeb_a", 64))
+  @parameterized.parameters(("cifar10", 32), ("celeb_a", 64), ("imagenet2012", 64))
   def test_empty_data_dir_raises_with_instructions(self, name, image_size):
     # Not create_tempdir(): under pytest, absl flags (--test_tmpdir) are unparsed.
     data_dir = self.enterContext(tempfile.TemporaryDirectory())

@@ -7,6 +7,7 @@ import tempfile
 from absl.testing import absltest
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import gq_demo
@@ -88,6 +89,27 @@ class GQTrainingTest(absltest.TestCase):
     self.assertLessEqual(figures["kl_bits_min"], figures["kl_bits_mean"])
     self.assertLessEqual(figures["kl_bits_mean"], figures["kl_bits_max"])
     self.assertBetween(figures["fraction_within_tolerance"], 0.0, 1.0)
+
+  def test_straight_through_training_decodes_codewords(self):
+    config = _tiny_gq_config(**{"quantizer.ste": True})
+    model = train_lib.build_model(config)
+    images = self.dataset.train_batch(0, 8)
+    keys = train_lib.example_keys(jax.random.key(1), self.state.step, 8, None)
+    variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+    (_, z, aux), _ = model.apply(variables, images, train=True, example_keys=keys,
+                                 sample_fn=train_lib.gq_sample_fn(config), mutable=["batch_stats"])
+    # The forward value is the codeword of each token's posterior mean.
+    m = config.quantizer.group_size
+    codebook = train_lib.gq_codebook(config)
+    indices = gq.quantize(aux["mu"].reshape(-1, m), jnp.exp(0.5 * aux["logvar"]).reshape(-1, m),
+                          codebook, beta=config.quantizer.beta)
+    np.testing.assert_array_equal(np.asarray(z).reshape(-1, m), codebook[np.asarray(indices)])
+    self.assertIsNone(train_lib.gq_sample_fn(_tiny_gq_config()))  # ste=False: plain sample.
+    # And it trains: the encoder still gets gradients through the Gaussian sample.
+    _, trained = _trajectory("jit", config, self.state, self.dataset, 2)
+    encoder_moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), self.state.params["encoder"],
+                                 trained.params["encoder"])
+    self.assertTrue(all(jax.tree.leaves(encoder_moved)))
 
   def test_group_size_must_divide_channels(self):
     config = _tiny_gq_config(**{"quantizer.group_size": 3})

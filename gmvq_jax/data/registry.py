@@ -12,8 +12,9 @@ import numpy as np
 
 from gmvq_jax.data import embedded
 
-DATASET_NAMES = ("embedded", "cifar10", "celeb_a")
-DEFAULT_IMAGE_SIZE = {"embedded": embedded.DEFAULT_IMAGE_SIZE, "cifar10": 32, "celeb_a": 128}
+DATASET_NAMES = ("embedded", "cifar10", "celeb_a", "imagenet2012")
+DEFAULT_IMAGE_SIZE = {"embedded": embedded.DEFAULT_IMAGE_SIZE, "cifar10": 32, "celeb_a": 128,
+                      "imagenet2012": 256}
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -47,9 +48,10 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
   Args:
     name: one of DATASET_NAMES.
     image_size: side of the square images: 8..300 for embedded (crops),
-      exactly 32 for cifar10, 8..178 for celeb_a (resized face crops).
+      exactly 32 for cifar10, 8..178 for celeb_a (resized face crops),
+      8..512 for imagenet2012 (resized centre squares).
     seed: selects the training batch sequence.
-    data_dir: TFDS data_dir for cifar10 and celeb_a; ignored by embedded.
+    data_dir: TFDS data_dir for the TFDS datasets; ignored by embedded.
     num_eval_examples: test examples to evaluate on; None for the default
       (512 embedded crops; the whole TFDS test split).
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 and CelebA through `tfds.data_source`: random access over ArrayRecord files.
+"""CIFAR-10, CelebA and ImageNet through `tfds.data_source`: random access over ArrayRecord files.
 
 Reading needs no TensorFlow and never downloads; a dataset that is not
 prepared raises DatasetNotPreparedError saying how to prepare it.
@@ -15,7 +15,12 @@ import tensorflow_datasets as tfds
 
 from gmvq_jax.data.registry import DatasetNotPreparedError
 
-TFDS_NAMES = ("cifar10", "celeb_a")
+TFDS_NAMES = ("cifar10", "celeb_a", "imagenet2012")
+# The held-out split evaluation uses: ImageNet's test labels are not public,
+# so its 50,000-image validation split plays that role.
+EVAL_SPLITS = {"cifar10": "test", "celeb_a": "test", "imagenet2012": "validation"}
+# ImageNet images vary in size; the centred square is resized (up or down).
+MAX_IMAGENET_SIZE = 512
 # CelebA's aligned images are 218x178; the usual face crop is the centred
 # 178x178 square, which is then resized. Larger sizes would only upsample.
 CELEB_A_CROP = 178
@@ -44,6 +49,9 @@ def _not_prepared_message(name: str, data_dir: str, cause: BaseException) -> str
       f"  {prepare_command(name, data_dir)}",
       f"then pass data_dir={data_dir!r} (config.data_dir).",
   ]
+  if name == "imagenet2012":
+    lines.append("ImageNet cannot be downloaded by TFDS: put ILSVRC2012_img_train.tar and"
+                 " ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ first.")
   if name == "celeb_a":
     lines.append("CelebA downloads ~1.4 GB from Google Drive, which can refuse with a"
                  " download-quota error; retry later if it does.")
@@ -96,6 +104,13 @@ def check_image_size(name: str, image_size: int) -> int:
           f"celeb_a image_size must be an integer in [{MIN_IMAGE_SIZE}, {CELEB_A_CROP}]"
           f" (the {CELEB_A_CROP}x{CELEB_A_CROP} face crop, resized), got {image_size!r}.")
     return int(image_size)
+  if name == "imagenet2012":
+    ok = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if not ok or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGENET_SIZE:
+      raise ValueError(
+          f"imagenet2012 image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGENET_SIZE}]"
+          f" (the centred square crop, resized), got {image_size!r}.")
+    return int(image_size)
   raise ValueError(f"Unknown TFDS dataset {name!r}; this module serves {TFDS_NAMES}.")
 
 
@@ -135,7 +150,7 @@ class TfdsImageDataset:
     self.image_shape = (self.image_size, self.image_size, 3)
     self.seed = _check_int(seed, "seed")
     self._train = open_split(name, "train", data_dir)
-    self._test = open_split(name, "test", data_dir)
+    self._test = open_split(name, EVAL_SPLITS[name], data_dir)
     self.num_train_examples = len(self._train)
     test_size = len(self._test)
     if num_eval_examples is None:
@@ -182,7 +197,7 @@ class TfdsImageDataset:
     # ArrayRecord reads a batch of keys in one call, faster than one by one.
     records = getitems(keys) if getitems is not None else [source[k] for k in keys]
     images = [np.asarray(record["image"], np.uint8) for record in records]
-    if self.name == "celeb_a":
+    if self.name in ("celeb_a", "imagenet2012"):
       images = [_center_crop_resize(image, self.image_size) for image in images]
     batch = np.stack(images)
     if batch.shape[1:] != self.image_shape:
@@ -196,6 +211,17 @@ class TfdsImageDataset:
       (batch_size, H, W, 3) float32 in [0, 1].
     """
     return self._read(self._train, self.train_indices(step, batch_size))
+
+  def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    """The whole training split in index order (not shuffled), e.g. to tokenize it.
+
+    Returns:
+      An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
+    """
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    total = self.num_train_examples
+    return (self._read(self._train, range(start, min(start + batch_size, total)))
+            for start in range(0, total, batch_size))
 
   def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """The first num_eval_examples of the test split, in index order.

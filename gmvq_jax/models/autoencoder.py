@@ -6,7 +6,7 @@ module only owns the codebook parameter and reshapes the latent grid.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -148,7 +148,7 @@ class GaussianAutoencoder(nn.Module):
       *,
       train: bool,
       example_keys: jax.Array | None = None,
-      temperature: jax.Array | float = 1.0,
+      sample_fn: Callable[..., jax.Array] | None = None,
   ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Encodes, samples (train) or takes the mean (eval), and decodes.
 
@@ -156,18 +156,20 @@ class GaussianAutoencoder(nn.Module):
       images: (B, H, W, 3) in [0, 1].
       train: sample z and use batch statistics, or decode the mean.
       example_keys: (B,) typed keys; required when `train`.
-      temperature: unused (the GM-VQ signature, so one train step serves both).
+      sample_fn: `(mu, logvar, eps) -> z` replacing the plain Gaussian sample
+        `mu + sigma * eps` when training, e.g. the straight-through variant
+        `gq.quantize_ste` with its codebook bound.
 
     Returns:
       `(reconstructions, z, aux)`: z is (B, h, w, c); aux holds `mu` and
       `logvar`, each (B, h, w, c).
     """
-    del temperature
     mu, logvar = self.encode(images, train)
     z = mu
     if train:
       batch, height, width, channels = mu.shape
       keys = vector_keys(example_keys, height * width)
       eps = common.draw(jax.random.normal, keys, (batch * height * width, channels))
-      z = mu + jnp.exp(0.5 * logvar) * eps.reshape(mu.shape)
+      eps = eps.reshape(mu.shape)
+      z = mu + jnp.exp(0.5 * logvar) * eps if sample_fn is None else sample_fn(mu, logvar, eps)
     return self.decode(z, train), z, dict(mu=mu, logvar=logvar)

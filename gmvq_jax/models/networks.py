@@ -15,8 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Two stride-2 convolutions: the image side must divide by this.
-DOWNSAMPLING = 4
+
+
+def downsampling_factor(channels: Sequence[int]) -> int:
+  """Image side / latent side: one stride-2 convolution per entry of `channels`.
+
+  (32, 64) is the f4 layout of SQ-VAE / GM-VQ; three entries give f8.
+  """
+  return 2 ** len(channels)
 
 
 # Output phase a of a 4x4 stride-2 'SAME' transposed convolution reads input
@@ -94,7 +100,7 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Images (B, H, W, 3) in [0, 1] -> (B, H/4, W/4, out_channels)."""
+  """Images (B, H, W, 3) in [0, 1] -> (B, H/f, W/f, out_channels), f = 2^len(channels)."""
 
   out_channels: int
   channels: Sequence[int] = (32, 64)
@@ -105,7 +111,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
-    for width in self.channels:  # Two 4x4 stride-2 convolutions.
+    for width in self.channels:  # One 4x4 stride-2 convolution per width.
       x = nn.Conv(width, (4, 4), strides=(2, 2), use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
     x = nn.Conv(self.channels[-1], (3, 3), use_bias=False, dtype=self.dtype)(x)
@@ -117,7 +123,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Latents (B, h, w, L) -> images (B, 4h, 4w, 3) through a sigmoid."""
+  """Latents (B, h, w, L) -> images (B, f h, f w, 3) through a sigmoid, f = 2^len(channels)."""
 
   channels: Sequence[int] = (32, 64)
   num_res_blocks: int = 2
@@ -132,7 +138,8 @@ class Decoder(nn.Module):
     for _ in range(self.num_res_blocks):
       x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype)(x, train)
     x = nn.relu(x)
-    x = Upsample2x(self.channels[0], use_bias=False, dtype=self.dtype)(x)
-    x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
+    for width in reversed(self.channels[:-1]):  # Mirrors the encoder's strides.
+      x = Upsample2x(width, use_bias=False, dtype=self.dtype)(x)
+      x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
     x = Upsample2x(3, dtype=self.dtype)(x)
     return jax.nn.sigmoid(x.astype(jnp.float32))
