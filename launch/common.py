@@ -7,6 +7,7 @@ import sys
 from absl import logging
 
 from gmvq_jax import config_checks
+from gmvq_jax import conversion
 from gmvq_jax import data
 
 
@@ -28,6 +29,6 @@ def user_errors():
   """Turns errors a user fixes by changing an input into one clear line and exit status 1."""
   try:
     yield
-  except (config_checks.ConfigError, data.DatasetNotPreparedError, FileNotFoundError,
-          NotADirectoryError) as error:
+  except (config_checks.ConfigError, conversion.ConversionError, data.DatasetNotPreparedError,
+          FileNotFoundError, NotADirectoryError) as error:
     sys.exit(f"error: {error}")

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import gq_cifar10
 from configs import gq_demo
+from configs import gq_imagenet
 from gmvq_jax import checkpointing
 from gmvq_jax import config_checks
 from gmvq_jax import parallel
@@ -110,6 +112,28 @@ class GQTrainingTest(absltest.TestCase):
     encoder_moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), self.state.params["encoder"],
                                  trained.params["encoder"])
     self.assertTrue(all(jax.tree.leaves(encoder_moved)))
+
+  def test_gq_configs_are_valid(self):
+    for module, variants in ((gq_demo, (None, "smoke")), (gq_cifar10, (None, "smoke")),
+                             (gq_imagenet, (None, "0.25", "0.5", "1.0", "smoke"))):
+      for variant in variants:
+        config = module.get_config(variant)
+        config_checks.validate(config, num_devices=4 if variant == "smoke" else 1)
+        if variant == "smoke":
+          self.assertEqual(config.batch_size % 4, 0)
+
+  def test_imagenet_layouts_have_the_papers_bitrates(self):
+    for rate, group_size in (("0.25", 16), ("0.5", 8), ("1.0", 4)):
+      config = gq_imagenet.get_config(rate)
+      q = config.quantizer
+      self.assertEqual((q.group_size, q.log2_codebook_size), (group_size, 16))
+      side = config.image_size // 8  # f8
+      self.assertEqual(config.image_size // (2 ** len(config.model.channels)), side)
+      bpp = gq.bits_per_pixel(side, q.latent_channels, q.group_size, q.log2_codebook_size,
+                              config.image_size)
+      self.assertAlmostEqual(bpp, float(rate))
+    with self.assertRaisesRegex(ValueError, "0.25, 0.5, 1.0"):
+      gq_imagenet.get_config("2.0")
 
   def test_group_size_must_divide_channels(self):
     config = _tiny_gq_config(**{"quantizer.group_size": 3})

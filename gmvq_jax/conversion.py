@@ -1,0 +1,402 @@
+"""GQ's offline step: turn a trained Gaussian VAE into a VQ-VAE, and back to images.
+
+`convert` samples the fixed N(0, I) codebook, quantizes the posterior means
+of a split (ALGORITHMS.md §2) and writes tokens, report and pictures;
+`decode` turns a token file back into images. Used by `launch.quantize`
+and `launch.decode`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gmvq_jax import checkpointing
+from gmvq_jax import evaluation
+from gmvq_jax import metrics as metrics_lib
+from gmvq_jax import train_lib
+from gmvq_jax import visualization
+from gmvq_jax.models import networks
+from gmvq_jax.quantizers import gq
+
+TOKENS_SUBDIR = "tokens"
+REPORT_NAME = "gq_report.json"
+PICTURE_NAME = "gq_reconstructions.png"
+SPLITS = ("test", "train")
+TOKEN_FILE_VERSION = 1
+HISTOGRAM_BIN_BITS = 0.25  # Width of the per-token KL histogram's bins.
+REPORT_KEYS = ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "codebook_size", "code_usage",
+               "token_perplexity", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
+               "kl_bits_histogram")
+
+Array = jax.Array
+
+
+class ConversionError(ValueError):
+  """A flag or a workdir that the offline GQ step cannot use; the message says why."""
+
+
+class TokenFileError(ConversionError):
+  """A token file that does not fit the checkpoint it is decoded with."""
+
+
+# -------------------------------------------------------------- token files
+
+
+def latent_grid(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(h, w, c/m): the token grid of one image under a GQ config."""
+  side = config.image_size // networks.downsampling_factor(config.model.channels)
+  q = config.quantizer
+  return side, side, q.latent_channels // q.group_size
+
+
+def save_tokens(path: str, tokens: np.ndarray, codebook: np.ndarray, metadata: dict) -> None:
+  """Writes tokens, codebook and metadata to one .npz, via a temporary file and a rename.
+
+  Args:
+    path: destination, ending in .npz.
+    tokens: (N, h, w, c/m) integer codebook indices.
+    codebook: (K, m) float32 codewords.
+    metadata: JSON-serialisable facts about the conversion (K, m, seed, ...).
+  """
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  np.savez(tmp, tokens=np.asarray(tokens, np.int32), codebook=np.asarray(codebook, np.float32),
+           metadata=np.asarray(_json_dumps(metadata)))
+  os.replace(tmp, path)
+
+
+def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Reads a token file written by `save_tokens`: (tokens, codebook, metadata).
+
+  Raises:
+    FileNotFoundError: no such file.
+    TokenFileError: not a token file (missing arrays, unreadable).
+  """
+  import json  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--tokens={path} is not a file; `launch.quantize` writes them under"
+                            f" WORKDIR/{TOKENS_SUBDIR}/.")
+  try:
+    with np.load(path, allow_pickle=False) as contents:
+      missing = {"tokens", "codebook", "metadata"} - set(contents.files)
+      if missing:
+        raise TokenFileError(f"{path} lacks {sorted(missing)}: not a token file written by"
+                             " `launch.quantize`.")
+      return contents["tokens"], contents["codebook"], json.loads(str(contents["metadata"]))
+  except (OSError, ValueError) as error:
+    if isinstance(error, TokenFileError):
+      raise
+    raise TokenFileError(f"{path} is not a readable token file ({error}).") from error
+
+
+def check_tokens(tokens: np.ndarray, codebook: np.ndarray, config: ml_collections.ConfigDict,
+                 *, path: str = "the token file") -> None:
+  """Raises TokenFileError unless tokens and codebook fit the model of `config`.
+
+  Checks the codebook is (K, m) for the checkpoint's K and m and finite, and
+  that tokens are integers of shape (N, h, w, c/m) in [0, K).
+  """
+  q = config.quantizer
+  num_codes, group = 2**q.log2_codebook_size, q.group_size
+  if codebook.shape != (num_codes, group):
+    raise TokenFileError(
+        f"{path}: codebook of shape {codebook.shape}, but the checkpoint was trained for K ="
+        f" 2^{q.log2_codebook_size} = {num_codes} codewords of m = {group} dimensions; decode"
+        " with the workdir whose model made these tokens.")
+  if not np.all(np.isfinite(codebook)):
+    raise TokenFileError(f"{path}: the codebook holds non-finite values.")
+  grid = latent_grid(config)
+  if tokens.ndim != 4 or tuple(tokens.shape[1:]) != grid:
+    raise TokenFileError(
+        f"{path}: tokens of shape {tokens.shape}; this checkpoint needs (N, h, w, c/m) ="
+        f" (N, {grid[0]}, {grid[1]}, {grid[2]}).")
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise TokenFileError(f"{path}: tokens are {tokens.dtype}; need integer codebook indices.")
+  if tokens.size:
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= num_codes:
+      bad = int(np.sum((tokens < 0) | (tokens >= num_codes)))
+      raise TokenFileError(
+          f"{path}: {bad} token(s) outside [0, {num_codes}) (min {low}, max {high}); the"
+          f" codebook has K = {num_codes} entries.")
+
+
+# ------------------------------------------------------------ device steps
+
+
+def _variables(state: train_lib.TrainState) -> dict[str, Any]:
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, beta: Array, *,
+                  config: ml_collections.ConfigDict) -> dict[str, Array]:
+  """Encodes one batch, quantizes the posterior means, decodes both ways.
+
+  Args:
+    state: a GQ train state.
+    images: (B, H, W, 3) in [0, 1].
+    codebook: (K, m) codewords.
+    beta: scalar prior weight of the quantization rule.
+    config: the run's config (static).
+
+  Returns:
+    `tokens` (B, h, w, c/m) int32, `kl_bits` (B, h, w, c/m), per-image
+    squared errors `squared_gaussian` / `squared_vq` (B,) of the images
+    decoded from the posterior means and from the tokens, and those images,
+    `gaussian` and `vq`, each (B, H, W, 3).
+  """
+  model = train_lib.build_model(config)
+  group = config.quantizer.group_size
+  variables = _variables(state)
+  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  std = jnp.exp(0.5 * logvar)
+  tokens = gq.quantize(mu.reshape(-1, group), std.reshape(-1, group), codebook, beta=beta)
+  tokens = tokens.reshape(mu.shape[:-1] + (mu.shape[-1] // group,))
+  z_q = gq.dequantize(tokens, codebook).reshape(mu.shape)
+  gaussian = model.apply(variables, mu, False, method=model.decode)
+  vq = model.apply(variables, z_q, False, method=model.decode)
+  per_image = lambda x: jnp.sum(jnp.square(x - images), axis=(1, 2, 3))
+  return dict(tokens=tokens, kl_bits=gq.kl_bits(mu, logvar, group),
+              squared_gaussian=per_image(gaussian), squared_vq=per_image(vq),
+              gaussian=gaussian, vq=vq)
+
+
+def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
+                 config: ml_collections.ConfigDict) -> Array:
+  """(B, h, w, c/m) tokens -> (B, H, W, 3) images (codeword look-up, then the decoder)."""
+  model = train_lib.build_model(config)
+  z_q = gq.dequantize(tokens, codebook)
+  z_q = z_q.reshape(tokens.shape[:-1] + (tokens.shape[-1] * codebook.shape[-1],))
+  return model.apply(_variables(state), z_q, False, method=model.decode)
+
+
+# --------------------------------------------------------------- the steps
+
+
+def restore_gq_run(workdir: str):
+  """(config, state, dataset) of a GQ workdir's latest checkpoint; ConversionError otherwise."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
+  config = checkpointing.restore_config(workdir)
+  if config.method != "gq":
+    raise ConversionError(
+        f"--workdir={workdir} holds a {config.method!r} run; the offline conversion needs a GQ"
+        " run (train with --config=configs/gq_demo.py or another gq_* config).")
+  return evaluation.restore_run(workdir)
+
+
+def _check_flags(codebook_seed, beta, sampler, split, num_images) -> None:
+  if isinstance(codebook_seed, bool) or not isinstance(codebook_seed, (int, np.integer)) \
+      or codebook_seed < 0:
+    raise ConversionError(f"--codebook_seed={codebook_seed!r}: need an integer >= 0.")
+  if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+    raise ConversionError(f"--beta={beta!r}: need a finite number >= 0 (the prior weight; 1.0"
+                          " by default, 2.0 keeps more codes in use at low rates).")
+  if sampler not in gq.SAMPLERS:
+    raise ConversionError(f"--sampler={sampler!r}; allowed: {', '.join(gq.SAMPLERS)}.")
+  if split not in SPLITS:
+    raise ConversionError(f"--split={split!r}; allowed: {', '.join(SPLITS)}.")
+  if num_images < 0:
+    raise ConversionError(f"--num_images={num_images}: need >= 0.")
+
+
+def _split_batches(dataset: Any, split: str, batch_size: int) -> Iterator[np.ndarray]:
+  if split == "test":
+    return dataset.eval_batches(batch_size)
+  train_batches = getattr(dataset, "train_split_batches", None)
+  if train_batches is None:
+    raise ConversionError(
+        f"--split={split}: the {type(dataset).__name__} has no finite, ordered training split"
+        " (the embedded photographs give endless random crops); use --split=test.")
+  return train_batches(batch_size)
+
+
+def _padded(batch: np.ndarray, size: int) -> np.ndarray:
+  """Pads the last, short batch with zeros so every call has one shape: one compile."""
+  if batch.shape[0] == size:
+    return batch
+  pad = np.zeros((size - batch.shape[0],) + batch.shape[1:], batch.dtype)
+  return np.concatenate([batch, pad])
+
+
+def kl_histogram(counts: np.ndarray) -> dict[str, list]:
+  """The non-empty range of fixed-width KL-bit bins as {'bin_edges', 'counts'}."""
+  used = np.flatnonzero(counts)
+  if used.size == 0:
+    return dict(bin_width_bits=HISTOGRAM_BIN_BITS, bin_edges=[], counts=[])
+  first, last = int(used[0]), int(used[-1])
+  edges = np.arange(first, last + 2) * HISTOGRAM_BIN_BITS
+  return dict(bin_width_bits=HISTOGRAM_BIN_BITS, bin_edges=[float(e) for e in edges],
+              counts=[int(c) for c in counts[first:last + 1]])
+
+
+def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | None = None,
+            sampler: str | None = None, split: str = "test", batch_size: int | None = None,
+            num_images: int = 16) -> dict[str, Any]:
+  """The offline GQ step on the latest checkpoint of `workdir`.
+
+  Samples the codebook, quantizes the posterior means of `split`, decodes the
+  images from the means and from the tokens, and writes
+  WORKDIR/tokens/<split>.npz (tokens, codebook, metadata), WORKDIR/gq_report.json
+  and WORKDIR/gq_reconstructions.png (originals, decoded from the means,
+  decoded from the tokens). Every file goes through a temporary name and a
+  rename; nothing is written before all of the split is done.
+
+  Args:
+    workdir: a GQ training run.
+    codebook_seed, beta, sampler: default to the run's `quantizer.codebook_seed`,
+      `quantizer.beta` and `quantizer.codebook_sampler`.
+    split: 'test' (the held-out split evaluation uses) or 'train' (TFDS only).
+    batch_size: images per device call; default the run's eval_batch_size.
+    num_images: images in the picture.
+
+  Returns:
+    The report (also written as gq_report.json).
+  """
+  config, state, dataset = restore_gq_run(workdir)
+  q = config.quantizer
+  codebook_seed = q.get("codebook_seed", 0) if codebook_seed is None else codebook_seed
+  beta = q.get("beta", 1.0) if beta is None else beta
+  sampler = q.get("codebook_sampler", "sobol") if sampler is None else sampler
+  batch_size = config.eval_batch_size if batch_size is None else batch_size
+  _check_flags(codebook_seed, beta, sampler, split, num_images)
+  if batch_size < 1:
+    raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
+  num_codes = 2**q.log2_codebook_size
+  codebook = gq.sample_codebook(int(codebook_seed), num_codes, q.group_size, sampler)
+
+  step_fn = jax.jit(functools.partial(convert_batch, config=config))
+  device_codebook, device_beta = jnp.asarray(codebook), jnp.float32(beta)
+  hist_bins = int(math.ceil(4 * q.log2_codebook_size / HISTOGRAM_BIN_BITS)) + 1
+  histogram = np.zeros(hist_bins + 1, np.int64)  # Last bin: everything above.
+  totals = dict(squared_gaussian=0.0, squared_vq=0.0, kl_sum=0.0, within=0)
+  kl_min, kl_max = math.inf, -math.inf
+  token_batches, rows = [], [[], [], []]
+  for images in _split_batches(dataset, split, batch_size):
+    real = images.shape[0]
+    out = jax.device_get(step_fn(state, _padded(images, batch_size), device_codebook, device_beta))
+    bits = np.asarray(out["kl_bits"][:real], np.float64)
+    token_batches.append(np.asarray(out["tokens"][:real]))
+    totals["squared_gaussian"] += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
+    totals["squared_vq"] += float(np.sum(out["squared_vq"][:real], dtype=np.float64))
+    totals["kl_sum"] += float(bits.sum())
+    totals["within"] += int(np.sum(np.abs(bits - q.log2_codebook_size) <= q.tolerance))
+    kl_min, kl_max = min(kl_min, float(bits.min())), max(kl_max, float(bits.max()))
+    bins = np.minimum(np.floor(np.maximum(bits, 0.0) / HISTOGRAM_BIN_BITS), hist_bins)
+    histogram += np.bincount(bins.astype(np.int64).ravel(), minlength=hist_bins + 1)
+    have = sum(r.shape[0] for r in rows[0])
+    if have < num_images:
+      take = min(num_images - have, real)
+      for row, picture in zip(rows, (images, out["gaussian"], out["vq"])):
+        row.append(np.asarray(picture[:take]))
+  tokens = np.concatenate(token_batches)
+  num_tokens = tokens.size
+  num_values = tokens.shape[0] * int(np.prod(dataset.image_shape))
+  mse_gaussian = totals["squared_gaussian"] / num_values
+  mse_vq = totals["squared_vq"] / num_values
+  counts = np.bincount(tokens.ravel(), minlength=num_codes)
+  bpp = gq.bits_per_pixel(tokens.shape[1:3], q.latent_channels, q.group_size,
+                          q.log2_codebook_size, dataset.image_shape[:2])
+  report = dict(
+      psnr_gaussian=float(metrics_lib.psnr(mse_gaussian)),
+      psnr_vq=float(metrics_lib.psnr(mse_vq)),
+      psnr_drop_db=float(metrics_lib.psnr(mse_gaussian) - metrics_lib.psnr(mse_vq)),
+      mse_gaussian=mse_gaussian,
+      mse_vq=mse_vq,
+      bpp=bpp,
+      codebook_size=num_codes,
+      log2_codebook_size=int(q.log2_codebook_size),
+      group_size=int(q.group_size),
+      code_usage=float(metrics_lib.code_usage(counts)),
+      token_perplexity=float(metrics_lib.hard_perplexity(counts)),
+      kl_bits_mean=totals["kl_sum"] / num_tokens,
+      kl_bits_min=kl_min,
+      kl_bits_max=kl_max,
+      fraction_within_tolerance=totals["within"] / num_tokens,
+      kl_bits_histogram=kl_histogram(histogram[:-1]),
+      kl_bits_above_histogram=int(histogram[-1]),
+      split=split,
+      num_images=int(tokens.shape[0]),
+      num_tokens=int(num_tokens),
+      step=int(state.step),
+      codebook_seed=int(codebook_seed),
+      sampler=sampler,
+      beta=float(beta),
+  )
+  metadata = dict(
+      version=TOKEN_FILE_VERSION, tokens_shape=list(tokens.shape), codebook_size=num_codes,
+      group_size=int(q.group_size), latent_channels=int(q.latent_channels),
+      codebook_seed=int(codebook_seed), sampler=sampler, beta=float(beta), bpp=bpp,
+      split=split, step=int(state.step), image_shape=list(dataset.image_shape))
+  tokens_dir = os.path.join(workdir, TOKENS_SUBDIR)
+  os.makedirs(tokens_dir, exist_ok=True)
+  save_tokens(os.path.join(tokens_dir, f"{split}.npz"), tokens, codebook, metadata)
+  evaluation.write_json(os.path.join(tokens_dir, f"{split}.json"), metadata)
+  evaluation.write_json(os.path.join(workdir, REPORT_NAME), report)
+  if rows[0]:
+    visualization.save_reconstructions(os.path.join(workdir, PICTURE_NAME),
+                                       np.stack([np.concatenate(r) for r in rows]))
+  return report
+
+
+def decode(workdir: str, tokens_path: str, *, output: str | None = None,
+           batch_size: int | None = None, num_images: int = 16) -> tuple[str, np.ndarray]:
+  """Decodes a token file with the latest checkpoint of `workdir`.
+
+  Everything is checked before anything is computed or written: the token
+  file must fit the checkpoint's K, m and token grid (`check_tokens`), and
+  the output must not be the token file itself.
+
+  Args:
+    workdir: the GQ run whose decoder made the tokens.
+    tokens_path: a .npz from `launch.quantize`.
+    output: .npz to write the images to (uint8 (N, H, W, 3) under 'images');
+      default `<tokens without .npz>_decoded.npz`. A PNG grid of the first
+      `num_images` goes beside it.
+    batch_size: tokens per device call; default the run's eval_batch_size.
+    num_images: images in the PNG grid.
+
+  Returns:
+    (output path, the decoded images as float32 in [0, 1]).
+  """
+  tokens, codebook, _ = load_tokens(tokens_path)
+  config, state, _ = restore_gq_run(workdir)
+  check_tokens(tokens, codebook, config, path=tokens_path)
+  stem = tokens_path[:-4] if tokens_path.endswith(".npz") else tokens_path
+  output = output or f"{stem}_decoded.npz"
+  if not output.endswith(".npz"):
+    raise ConversionError(f"--output={output}: must end in .npz.")
+  if os.path.abspath(output) == os.path.abspath(tokens_path):
+    raise ConversionError(f"--output={output} is the token file itself; choose another path.")
+  batch_size = config.eval_batch_size if batch_size is None else batch_size
+  if batch_size < 1:
+    raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
+  step_fn = jax.jit(functools.partial(decode_batch, config=config))
+  device_codebook = jnp.asarray(codebook, jnp.float32)
+  decoded = []
+  for start in range(0, tokens.shape[0], batch_size):
+    chunk = tokens[start:start + batch_size].astype(np.int32)
+    images = step_fn(state, _padded(chunk, batch_size), device_codebook)
+    decoded.append(np.asarray(jax.device_get(images))[:chunk.shape[0]])
+  images = np.clip(np.concatenate(decoded), 0.0, 1.0) if decoded else np.zeros(
+      (0,) + tuple(config.image_size for _ in range(2)) + (3,), np.float32)
+  tmp = f"{output}.tmp-{os.getpid()}.npz"
+  np.savez(tmp, images=np.round(images * 255.0).astype(np.uint8))
+  os.replace(tmp, output)
+  if num_images and images.shape[0]:
+    visualization.save_png(f"{output[:-4]}.png", visualization.image_grid(images[None, :num_images]),
+                           scale=4)
+  return output, images
+
+
+def _json_dumps(payload: dict) -> str:
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps(payload, sort_keys=True)

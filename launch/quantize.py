@@ -1,0 +1,52 @@
+"""GQ's offline step: `python -m launch.quantize --workdir=DIR [--codebook_seed=S] [--beta=B] [--split=test]`.
+
+Restores the latest checkpoint of a GQ run, samples the N(0, I) codebook,
+quantizes the posterior means of the split and writes DIR/tokens/<split>.npz
+(tokens, codebook, metadata; DIR/tokens/<split>.json repeats the metadata),
+DIR/gq_report.json (PSNR before and after, bpp, code usage, token
+perplexity, per-token KL bits) and DIR/gq_reconstructions.png (originals,
+decoded from the posterior means, decoded from the tokens).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from gmvq_jax import conversion
+from launch import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a GQ training run.")
+_SEED = flags.DEFINE_integer("codebook_seed", None,
+                             "Codebook seed; default the run's quantizer.codebook_seed.")
+_BETA = flags.DEFINE_float("beta", None,
+                           "Prior weight of the quantization rule (the paper's omega); default"
+                           " the run's quantizer.beta (1.0). 2.0 keeps more codes in use at low"
+                           " rates.")
+_SAMPLER = flags.DEFINE_enum("sampler", None, ["sobol", "normal"],
+                             "Codebook sampler; default the run's quantizer.codebook_sampler.")
+_SPLIT = flags.DEFINE_enum("split", "test", list(conversion.SPLITS),
+                           "Split to tokenize ('train' needs a TFDS dataset).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Images per device call; default eval_batch_size.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 16, "Images shown in gq_reconstructions.png.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  common.setup_logging()
+  with common.user_errors():
+    report = conversion.convert(
+        _WORKDIR.value, codebook_seed=_SEED.value, beta=_BETA.value, sampler=_SAMPLER.value,
+        split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)
+  summary = {k: v for k, v in report.items() if k != "kl_bits_histogram"}
+  print(json.dumps(summary, indent=2))
+  print("Wrote", os.path.join(_WORKDIR.value, conversion.TOKENS_SUBDIR, f"{_SPLIT.value}.npz"),
+        os.path.join(_WORKDIR.value, conversion.REPORT_NAME), "and",
+        os.path.join(_WORKDIR.value, conversion.PICTURE_NAME))
+
+
+if __name__ == "__main__":
+  app.run(main)
