@@ -1,0 +1,163 @@
+"""BSQ: binary spherical quantization (Zhao et al. 2024, Sec. 3).
+
+Latents are projected to the unit sphere and quantized to sign(u)/sqrt(L),
+the nearest of the 2^L corners of the cube inscribed in the sphere; the
+entropy penalty is factorised over bits, so any L is affordable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gmvq_jax.quantizers import common
+
+Array = jax.Array
+
+NORM_FLOOR = 1e-12  # Squared norm below which a vector is treated as zero.
+
+
+def codebook_size(num_bits: int) -> int:
+  """2^L codes for L bits."""
+  return 2**num_bits
+
+
+def codes_to_indices(codes: Array) -> Array:
+  """Codes -> integer indices sum_i 2^i 1[c_i > 0]; channel 0 is the least significant bit.
+
+  The same convention as LFQ and FSQ in this package (the BSQ reference code
+  orders the bits the other way; the index is only a label).
+
+  Args:
+    codes: (..., L) values whose signs are the bits; L <= 31.
+
+  Returns:
+    (...,) int32 indices in [0, 2^L).
+  """
+  num_bits = codes.shape[-1]
+  if num_bits > 31:
+    raise ValueError(f"{num_bits} bits do not fit an int32 index (at most 31).")
+  bits = (codes > 0).astype(jnp.int32)
+  return jnp.sum(bits * (2 ** jnp.arange(num_bits, dtype=jnp.int32)), axis=-1)
+
+
+def indices_to_codes(indices: Array, num_bits: int) -> Array:
+  """Integer indices -> (..., L) float32 codes in {-1/sqrt(L), +1/sqrt(L)}."""
+  indices = jnp.asarray(indices, jnp.int32)[..., None]
+  bits = (indices >> jnp.arange(num_bits, dtype=jnp.int32)) & 1
+  return (2.0 * bits.astype(jnp.float32) - 1.0) / math.sqrt(num_bits)
+
+
+def l2_normalize(z: Array) -> Array:
+  """u = z / ||z|| along the last axis, float32 (a zero vector stays zero)."""
+  z = z.astype(jnp.float32)
+  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), NORM_FLOOR))
+
+
+def entropy_terms(
+    u: Array, *, inv_temperature: float = 1.0, axis_name: Any = None
+) -> tuple[Array, Array, Array]:
+  """BSQ's per-sample and codebook entropies, factorised over bits (Sec. 3).
+
+  The soft assignment q(c|u) = softmax_c(-tau ||u - c||^2) over the 2^L codes
+  equals softmax_c(2 tau u . c), a product of per-bit Bernoullis with
+  p_i(u) = q(c_i = +1/sqrt(L) | u_i) = sigmoid(4 tau u_i / sqrt(L)).
+
+  per_sample = E_u[H(q(c|u))] = E_u[sum_i H_b(p_i(u))], exact.
+  codebook   ~= sum_i H_b(E_u[p_i(u)]): the entropy of the product of the
+  batch-mean bit marginals, an APPROXIMATION (an upper bound) of the exact
+  H(E_u[q(c|u)]), which does not factorise. It is BSQ's grouped
+  approximation with group size 1.
+
+  Args:
+    u: (N, L) unit-norm latents.
+    inv_temperature: tau of the soft assignment.
+    axis_name: the named batch axis, or None on one device. Both terms are
+      over the GLOBAL batch (equal shards per device assumed).
+
+  Returns:
+    `(per_sample_entropy, codebook_entropy, avg_bit_probs)`: scalars in nats
+    and the (L,) batch-mean probability of bit 1 per channel.
+  """
+  num_bits = u.shape[-1]
+  logit = 4.0 * inv_temperature * u.astype(jnp.float32) / math.sqrt(num_bits)
+  p = jax.nn.sigmoid(logit)
+  # H_b(p) from log-sigmoids: finite for saturated bits.
+  per_bit = -(p * jax.nn.log_sigmoid(logit) + (1.0 - p) * jax.nn.log_sigmoid(-logit))
+  per_sample = common.pmean(jnp.mean(jnp.sum(per_bit, axis=-1)), axis_name)
+  avg = common.pmean(jnp.mean(p, axis=0), axis_name)  # (L,)
+  codebook_entropy = -jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-30))
+                              + (1.0 - avg) * jnp.log(jnp.maximum(1.0 - avg, 1e-30)))
+  return per_sample, codebook_entropy, avg
+
+
+def quantize(
+    params: Any,
+    z: Array,
+    *,
+    rng: Array | None = None,
+    entropy_weight: float = 0.1,
+    per_sample_weight: float = 1.0,
+    codebook_weight: float = 1.0,
+    commitment_weight: float = 0.0,
+    inv_temperature: float = 1.0,
+    axis_name: Any = None,
+    train: bool = True,
+) -> tuple[Array, dict[str, Array]]:
+  """BSQ forward pass: project to the sphere, then sign/sqrt(L) straight-through.
+
+  u = z / ||z||, u_hat = sign(u) / sqrt(L) with sign(0) = -1, and
+  z_q = u + sg(u_hat - u): the forward value is u_hat (norm 1), the gradient
+  passes through the quantizer as the identity (and through the
+  normalisation as its Jacobian).
+
+  loss = entropy_weight * (per_sample_weight * per_sample_entropy
+                           - codebook_weight * codebook_entropy) / inv_temperature
+         + commitment_weight * mean_n ||u_n - sg(u_hat_n)||^2
+
+  as in the BSQ reference code (gamma0 = gamma = 1, commitment beta = 0);
+  entropy_weight = 0.1 is the reference ImageNet configs' codebook-loss
+  weight, which multiplies the whole quantizer loss there.
+
+  Args:
+    params: unused (BSQ has no parameters; pass None).
+    z: (N, L) encoder output; any float dtype.
+    rng: unused (BSQ is deterministic).
+    entropy_weight: weight of the entropy penalty (the reference's zeta times
+      its codebook-loss weight).
+    per_sample_weight: gamma0, weight of the per-sample entropy.
+    codebook_weight: gamma, weight of the codebook entropy.
+    commitment_weight: beta, weight of the commitment loss.
+    inv_temperature: tau of the soft assignment.
+    axis_name: the named batch axis for the global-batch entropy terms.
+    train: unused (the same map in training and evaluation).
+
+  Returns:
+    `(z_q, aux)`: `z_q` (N, L) float32 with entries +-1/sqrt(L); `aux`
+    holds `indices` (N,) int32 in [0, 2^L), `per_sample_entropy`,
+    `codebook_entropy`, `entropy_loss`, `commitment`, `loss` (float32
+    scalars) and `bit_usage` (L,), the batch-mean probability of bit 1.
+  """
+  del params, rng, train
+  num_bits = z.shape[-1]
+  u = l2_normalize(z)
+  hard = jnp.where(u > 0, 1.0, -1.0).astype(jnp.float32) / math.sqrt(num_bits)
+  z_q = u + jax.lax.stop_gradient(hard - u)
+  commitment = jnp.mean(jnp.sum(jnp.square(u - jax.lax.stop_gradient(hard)), axis=-1))
+  per_sample, codebook_entropy, avg = entropy_terms(
+      u, inv_temperature=inv_temperature, axis_name=axis_name)
+  entropy_loss = per_sample_weight * per_sample - codebook_weight * codebook_entropy
+  loss = entropy_weight * entropy_loss / inv_temperature + commitment_weight * commitment
+  aux = dict(
+      indices=codes_to_indices(hard),
+      per_sample_entropy=per_sample,
+      codebook_entropy=codebook_entropy,
+      entropy_loss=entropy_loss,
+      commitment=commitment,
+      loss=loss,
+      bit_usage=avg,
+  )
+  return z_q, aux
