@@ -1,8 +1,10 @@
 """GQ (a Gaussian VAE under the Target Divergence Constraint) on the embedded photographs.
 
-`python -m launch.train --config=configs/gq_demo.py --workdir=DIR`. The
-offline conversion to a VQ-VAE (sampling the N(0, I) codebook and quantizing
-posterior means) is `gmvq_jax.quantizers.gq`; its launcher is still to come.
+`python -m launch.train --config=configs/gq_demo.py --workdir=DIR`, then
+`python -m launch.quantize --workdir=DIR` for the offline conversion to a
+VQ-VAE (sample the N(0, I) codebook, quantize the posterior means).
+32x32 crops -> 8x8 grid of c = 16 channels in 2 tokens of m = 8, K = 2^12:
+128 tokens x 12 bits per image, 1.5 bits per pixel.
 """
 
 import ml_collections

@@ -32,6 +32,7 @@ PICTURE_NAME = "gq_reconstructions.png"
 SPLITS = ("test", "train")
 TOKEN_FILE_VERSION = 1
 HISTOGRAM_BIN_BITS = 0.25  # Width of the per-token KL histogram's bins.
+PERCENTILES = (1, 5, 50, 95, 99)  # Reported levels of the per-token KL bits.
 REPORT_KEYS = ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "codebook_size", "code_usage",
                "token_perplexity", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
                "kl_bits_histogram")
@@ -238,6 +239,32 @@ def kl_histogram(counts: np.ndarray) -> dict[str, list]:
               counts=[int(c) for c in counts[first:last + 1]])
 
 
+def kl_percentiles(counts: np.ndarray, maximum: float,
+                   levels: tuple[float, ...] = PERCENTILES) -> dict[str, float]:
+  """Percentiles of the per-token KL bits, read off the fixed-width histogram.
+
+  Each value is the upper edge of the bin where the cumulative count first
+  reaches the level (resolution HISTOGRAM_BIN_BITS), capped at the true
+  maximum; a level that falls in the overflow bin (the last entry of
+  `counts`) reads as the maximum.
+
+  Args:
+    counts: (bins + 1,) counts of bins [i w, (i + 1) w) and the overflow bin.
+    maximum: the largest KL bits seen.
+    levels: percent levels in (0, 100].
+
+  Returns:
+    {'p<level>': bits} for each level.
+  """
+  cumulative = np.cumsum(counts) / max(int(np.sum(counts)), 1)
+  figures = {}
+  for level in levels:
+    index = int(np.searchsorted(cumulative, level / 100.0 - 1e-12))
+    edge = maximum if index >= len(counts) - 1 else (index + 1) * HISTOGRAM_BIN_BITS
+    figures[f"p{level:g}"] = float(min(edge, maximum))
+  return figures
+
+
 def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | None = None,
             sampler: str | None = None, split: str = "test", batch_size: int | None = None,
             num_images: int = 16) -> dict[str, Any]:
@@ -321,6 +348,7 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
       kl_bits_min=kl_min,
       kl_bits_max=kl_max,
       fraction_within_tolerance=totals["within"] / num_tokens,
+      kl_bits_percentiles=kl_percentiles(histogram, kl_max),
       kl_bits_histogram=kl_histogram(histogram[:-1]),
       kl_bits_above_histogram=int(histogram[-1]),
       split=split,

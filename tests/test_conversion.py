@@ -13,6 +13,8 @@ from PIL import Image
 
 from configs import gq_demo
 from gmvq_jax import conversion
+from gmvq_jax import evaluation
+from gmvq_jax import metric_writers
 from gmvq_jax import train_lib
 from gmvq_jax.quantizers import gq
 import tiny_configs
@@ -92,6 +94,18 @@ class ConversionTest(absltest.TestCase):
                      report["num_tokens"])
     self.assertEqual(len(histogram["bin_edges"]), len(histogram["counts"]) + 1)
     self.assertLessEqual(histogram["bin_edges"][0], report["kl_bits_min"])
+    percentiles = [report["kl_bits_percentiles"][f"p{level}"] for level in (1, 5, 50, 95, 99)]
+    self.assertEqual(percentiles, sorted(percentiles))
+    self.assertLessEqual(percentiles[-1], report["kl_bits_max"])
+    self.assertGreater(percentiles[0], report["kl_bits_min"])  # Upper bin edges.
+
+  def test_kl_percentiles_from_a_hand_made_histogram(self):
+    # 100 tokens: 10 in [0, 0.25), 80 in [1.0, 1.25), 9 in [2.0, 2.25), 1 overflow.
+    counts = np.zeros(12, np.int64)
+    counts[0], counts[4], counts[8], counts[-1] = 10, 80, 9, 1
+    got = conversion.kl_percentiles(counts, maximum=30.0, levels=(5, 10, 11, 50, 90, 99, 100))
+    self.assertEqual(got, {"p5": 0.25, "p10": 0.25, "p11": 1.25, "p50": 1.25, "p90": 1.25,
+                           "p99": 2.25, "p100": 30.0})
 
   def test_token_file_holds_tokens_codebook_and_metadata(self):
     tokens, codebook, metadata = conversion.load_tokens(self.tokens_path)
@@ -213,6 +227,23 @@ class ConversionTest(absltest.TestCase):
       with self.assertRaisesRegex(conversion.ConversionError, message):
         conversion.convert(self.workdir, **kwargs)
     self.assertEqual(_snapshot(self.workdir), before)
+
+  def test_evaluate_works_on_gq_workdirs_deterministically(self):
+    workdir = self._tmpdir()
+    shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
+    figures = evaluation.evaluate_workdir(workdir, num_images=4)
+    with open(os.path.join(workdir, "eval.json")) as f:
+      self.assertEqual(json.load(f), json.loads(json.dumps(figures)))
+    for key in ("mse", "psnr", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
+                "fraction_within_tolerance"):
+      self.assertIn(key, figures)
+    # The posterior-mean reconstructions the conversion scored, and the
+    # training run's own final evaluation.
+    self.assertAlmostEqual(figures["mse"], self.report["mse_gaussian"], delta=1e-4 * figures["mse"])
+    self.assertAlmostEqual(figures["kl_bits_mean"], self.report["kl_bits_mean"], places=4)
+    final = [r for r in metric_writers.read_metrics(workdir) if r["split"] == "test"][-1]
+    self.assertAlmostEqual(figures["mse"], final["mse"], places=6)
+    self.assertEqual(evaluation.evaluate_workdir(workdir, num_images=4), figures)
 
   def test_gmvq_workdir_is_refused(self):
     workdir = self._tmpdir()
