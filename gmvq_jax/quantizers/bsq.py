@@ -14,47 +14,22 @@ import jax
 import jax.numpy as jnp
 
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import lfq
+from gmvq_jax.quantizers import vq
 
 Array = jax.Array
 
-NORM_FLOOR = 1e-12  # Squared norm below which a vector is treated as zero.
-
-
-def codebook_size(num_bits: int) -> int:
-  """2^L codes for L bits."""
-  return 2**num_bits
-
-
-def codes_to_indices(codes: Array) -> Array:
-  """Codes -> integer indices sum_i 2^i 1[c_i > 0]; channel 0 is the least significant bit.
-
-  The same convention as LFQ and FSQ in this package (the BSQ reference code
-  orders the bits the other way; the index is only a label).
-
-  Args:
-    codes: (..., L) values whose signs are the bits; L <= 31.
-
-  Returns:
-    (...,) int32 indices in [0, 2^L).
-  """
-  num_bits = codes.shape[-1]
-  if num_bits > 31:
-    raise ValueError(f"{num_bits} bits do not fit an int32 index (at most 31).")
-  bits = (codes > 0).astype(jnp.int32)
-  return jnp.sum(bits * (2 ** jnp.arange(num_bits, dtype=jnp.int32)), axis=-1)
+# Bits, indices and normalisation are LFQ's and VQ's: channel 0 is the least
+# significant bit (the BSQ reference code orders the bits the other way; the
+# index is only a label).
+codebook_size = lfq.codebook_size
+codes_to_indices = lfq.codes_to_indices
+l2_normalize = vq.l2_normalize
 
 
 def indices_to_codes(indices: Array, num_bits: int) -> Array:
   """Integer indices -> (..., L) float32 codes in {-1/sqrt(L), +1/sqrt(L)}."""
-  indices = jnp.asarray(indices, jnp.int32)[..., None]
-  bits = (indices >> jnp.arange(num_bits, dtype=jnp.int32)) & 1
-  return (2.0 * bits.astype(jnp.float32) - 1.0) / math.sqrt(num_bits)
-
-
-def l2_normalize(z: Array) -> Array:
-  """u = z / ||z|| along the last axis, float32 (a zero vector stays zero)."""
-  z = z.astype(jnp.float32)
-  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), NORM_FLOOR))
+  return lfq.indices_to_codes(indices, num_bits) / math.sqrt(num_bits)
 
 
 def entropy_terms(

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gmvq_jax import metrics
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
 
@@ -83,6 +84,6 @@ def quantize(
       codes=codes,
       kl=kl,
       loss=kl_weight * kl,
-      perplexity=jnp.exp(-jnp.sum(qbar * jnp.log(jnp.maximum(qbar, 1e-30)))),
+      perplexity=metrics.perplexity(qbar),
   )
   return z_q, aux

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gmvq_jax import metrics
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
 
@@ -169,6 +170,6 @@ def quantize(
       kl_discrete=kl_discrete,
       kl_continuous=kl_continuous,
       loss=kl_discrete + kl_continuous,
-      perplexity=jnp.exp(-jnp.sum(qbar * jnp.log(jnp.maximum(qbar, 1e-30)))),
+      perplexity=metrics.perplexity(qbar),
   )
   return z_q, aux
