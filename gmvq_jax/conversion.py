@@ -9,6 +9,7 @@ and `launch.decode`.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from typing import Any, Iterator
@@ -69,7 +70,7 @@ def save_tokens(path: str, tokens: np.ndarray, codebook: np.ndarray, metadata: d
   """
   tmp = f"{path}.tmp-{os.getpid()}.npz"
   np.savez(tmp, tokens=np.asarray(tokens, np.int32), codebook=np.asarray(codebook, np.float32),
-           metadata=np.asarray(_json_dumps(metadata)))
+           metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
   os.replace(tmp, path)
 
 
@@ -80,8 +81,6 @@ def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     FileNotFoundError: no such file.
     TokenFileError: not a token file (missing arrays, unreadable).
   """
-  import json  # pylint: disable=g-import-not-at-top
-
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--tokens={path} is not a file; `launch.quantize` writes them under"
                             f" WORKDIR/{TOKENS_SUBDIR}/.")
@@ -423,8 +422,3 @@ def decode(workdir: str, tokens_path: str, *, output: str | None = None,
     visualization.save_png(f"{output[:-4]}.png", visualization.image_grid(images[None, :num_images]),
                            scale=4)
   return output, images
-
-
-def _json_dumps(payload: dict) -> str:
-  import json  # pylint: disable=g-import-not-at-top
-  return json.dumps(payload, sort_keys=True)
