@@ -204,6 +204,9 @@ class TDCLossTest(absltest.TestCase):
     self.assertEqual(float(got["fraction_within_tolerance"]), 0.5)
     self.assertEqual(float(got["fraction_above_tolerance"]), 0.25)
     self.assertEqual(float(got["lam_max"]), 3.0)
+    # Linear interpolation between order statistics, as numpy's default.
+    np.testing.assert_allclose([got["kl_bits_p5"], got["kl_bits_p95"]],
+                               [T - 1.0 + 0.15 * 1.0, T + 0.5 + 0.85 * 0.5], rtol=1e-6)
 
 
 class TDCMultiDeviceTest(absltest.TestCase):

@@ -39,7 +39,8 @@ def _trajectory(mode, config, state, dataset, num_steps):
     metrics = strategy.get_metrics(metrics)
     tdc = jax.device_get(strategy.get_state(placed).quantizer_state)
     lams.append([float(tdc.lam), float(tdc.lam_min), float(tdc.lam_max),
-                 float(metrics["kl_bits_mean"]), float(metrics["kl_bits_max"])])
+                 float(metrics["kl_bits_mean"]), float(metrics["kl_bits_max"]),
+                 float(metrics["kl_bits_p5"]), float(metrics["kl_bits_p95"])])
   return np.array(lams), jax.device_get(strategy.get_state(placed))
 
 

@@ -202,12 +202,18 @@ def tdc_metrics(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
     axis_name: the named batch axis, or None on one device.
 
   Returns:
-    float32 scalars: kl_bits_mean, kl_bits_min, kl_bits_max, lam, lam_min,
+    float32 scalars: kl_bits_mean, kl_bits_min, kl_bits_max, the 5th and
+    95th percentiles kl_bits_p5 and kl_bits_p95 (the spread of the bulk,
+    which a few outlier tokens hide from min and max), lam, lam_min,
     lam_max, and the fractions of tokens within, above and below the
     tolerance band [T - alpha, T + alpha].
   """
   mean, low, high = _global_stats(kl_bits, axis_name)
   kl = jax.lax.stop_gradient(kl_bits.astype(jnp.float32))
+  every_token = kl.reshape(-1)
+  if axis_name is not None:  # Percentiles need every token of the global batch.
+    every_token = jax.lax.all_gather(every_token, axis_name, tiled=True)
+  p5, p95 = jnp.percentile(every_token, jnp.array([5.0, 95.0], jnp.float32))
   above, below = _tolerance_side(kl, log2_codebook_size, tolerance)
   frac_above = common.pmean(jnp.mean(above.astype(jnp.float32)), axis_name)
   frac_below = common.pmean(jnp.mean(below.astype(jnp.float32)), axis_name)
@@ -216,6 +222,8 @@ def tdc_metrics(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
       kl_bits_mean=mean,
       kl_bits_min=low,
       kl_bits_max=high,
+      kl_bits_p5=p5,
+      kl_bits_p95=p95,
       lam=jnp.asarray(state.lam, jnp.float32),
       lam_min=jnp.asarray(state.lam_min, jnp.float32),
       lam_max=jnp.asarray(state.lam_max, jnp.float32),
