@@ -5,6 +5,8 @@ Not a config itself: `configs/<experiment>.py` files call `base.get_config()`.
 
 import ml_collections
 
+from gmvq_jax import methods
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -31,21 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_res_blocks = 2
   config.model.dtype = "float32"  # Or 'bfloat16'; quantizer math stays float32.
 
-  config.quantizer = ml_collections.ConfigDict()
-  config.quantizer.num_codes = 1024  # C
-  config.quantizer.latent_dim = 64  # L
-  config.quantizer.beta = 1.0
-  config.quantizer.gamma = 1e-3
-  config.quantizer.sigma_z2 = 0.5  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
-  config.quantizer.objective = "albo"  # Or 'elbo'.
-  config.quantizer.latent_reg = "sampled"  # Or 'aggregated'.
-  config.quantizer.tau_0 = 2.0
-  config.quantizer.tau_min = 0.1
-  config.quantizer.anneal_fraction = 0.8
-  config.quantizer.kmeans_init = True
-  config.quantizer.kmeans_seeding = "kmeans++"  # Or 'random'.
-  config.quantizer.kmeans_iters = 20
-  config.quantizer.kmeans_batches = 1
+  # GM-VQ's fields and defaults (gmvq_jax/methods.py documents every method's).
+  config.quantizer = methods.quantizer_config("gmvq", num_codes=1024, latent_dim=64)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.peak_lr = 1e-3

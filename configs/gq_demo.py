@@ -10,23 +10,15 @@ VQ-VAE (sample the N(0, I) codebook, quantize the posterior means).
 import ml_collections
 
 from configs import base
+from gmvq_jax import methods
 
 
 def gq_quantizer() -> ml_collections.ConfigDict:
   """GQ fields (ALGORITHMS.md §2): c latent channels in tokens of m, K = 2^log2_codebook_size."""
-  q = ml_collections.ConfigDict()
+  q = methods.quantizer_config("gq")
   q.latent_channels = 16  # c
   q.group_size = 8  # m: c / m tokens per latent position.
   q.log2_codebook_size = 12  # TDC target T = log2 K bits per token.
-  q.tolerance = 0.5  # alpha, bits.
-  q.factor = 1.01  # Multiplier update factor f.
-  q.kl_weight = 0.1
-  # The fixed N(0, I) codebook: used by `launch.quantize` (its default seed,
-  # sampler and beta) and, with ste=True, already during training.
-  q.codebook_seed = 0
-  q.codebook_sampler = "sobol"  # Or 'normal'.
-  q.beta = 1.0  # Prior weight of the quantization rule (the paper's omega).
-  q.ste = False  # Straight-through training: forward the codeword, gradient of the sample.
   return q
 
 

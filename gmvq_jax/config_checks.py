@@ -11,11 +11,12 @@ from typing import Any, Iterable
 import ml_collections
 
 from gmvq_jax import data
+from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gmvq, gq, kmeans
 
-METHODS = ("gmvq", "gq")
+METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
 
 
@@ -95,10 +96,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
   _int_at_least(config, "model.num_res_blocks", 0)
 
-  if config.method == "gq":
+  kind = methods.family(config)
+  if kind == "gq":
     _validate_gq(config)
-  else:
+  elif kind == "gmvq":
     _validate_gmvq(config)
+  else:
+    for field, value, allowed in methods.check_baseline(config):
+      _require(False, field, value, allowed)
 
   _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
   _number(config, "optimizer.weight_decay", minimum=0.0)

@@ -26,6 +26,7 @@ from gmvq_jax import checkpointing
 from gmvq_jax import config_checks
 from gmvq_jax import data
 from gmvq_jax import metric_writers
+from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import parallel
 from gmvq_jax.models import autoencoder
@@ -35,6 +36,15 @@ from gmvq_jax.quantizers import gq
 from gmvq_jax.quantizers import kmeans
 
 Array = jax.Array
+# Folded into the run's key for draws that must be the same on every device
+# (dead-code replacement), apart from the per-example keys of the noise.
+UPDATE_STREAM = 0x7FFFFFFF
+# The figures of the console's progress line, by family.
+PROGRESS_METRICS = dict(
+    gmvq=("loss", "recon", "kl", "qbar_perplexity"),
+    gq=("loss", "recon", "kl_bits_mean", "lam"),
+    **{kind: ("loss", "recon", "quantizer_loss", "batch_perplexity")
+       for kind in methods.BASELINE_FAMILIES})
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -66,15 +76,24 @@ def build_model(config: ml_collections.ConfigDict, axis_name: Any = None) -> nn.
   networks = dict(channels=tuple(config.model.channels),
                   num_res_blocks=config.model.num_res_blocks, axis_name=axis_name,
                   dtype=jnp.dtype(config.model.dtype))
-  if config.method == "gq":
+  kind = methods.family(config)
+  if kind == "gq":
     return autoencoder.GaussianAutoencoder(latent_channels=q.latent_channels, **networks)
+  if kind in methods.BASELINE_FAMILIES:
+    return autoencoder.BaselineAutoencoder(
+        encoder_width=methods.encoder_width(config), latent_width=methods.latent_width(config),
+        quantize=methods.make_quantize(config, axis_name),
+        init_quantizer_params=methods.init_quantizer_params(config), **networks)
   return autoencoder.GMVQAutoencoder(
       num_codes=q.num_codes, latent_dim=q.latent_dim, sigma_z2=q.sigma_z2, **networks)
 
 
 def initial_quantizer_state(config: ml_collections.ConfigDict) -> Any:
-  """Non-gradient quantizer state: the TDC multipliers for GQ, None for GM-VQ."""
-  return gq.init_tdc_state() if config.method == "gq" else None
+  """Non-gradient quantizer state: TDC multipliers (GQ), dead-code counters (+replace), or None."""
+  kind = methods.family(config)
+  if kind == "gq":
+    return gq.init_tdc_state()
+  return methods.initial_state(config) if kind in methods.BASELINE_FAMILIES else None
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -100,12 +119,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
-def temperature(config: ml_collections.ConfigDict, step: Array | int) -> Array:
-  q = config.quantizer
-  return gmvq.temperature_schedule(step, total_steps=config.num_steps, tau_0=q.tau_0,
-                                   tau_min=q.tau_min, anneal_fraction=q.anneal_fraction)
-
-
 def encoder_latents(model: nn.Module, variables: Any, images: Array) -> Array:
   """Proxy latents zh (N, L) with batch-statistics BatchNorm, state discarded."""
   (zh, _), _ = model.apply(variables, images, True, method=model.encode, mutable=["batch_stats"])
@@ -128,7 +141,7 @@ def create_train_state(
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, sample)
   params, batch_stats = variables["params"], variables["batch_stats"]
   q = config.quantizer
-  if config.method == "gmvq" and q.kmeans_init:
+  if methods.family(config) == "gmvq" and q.kmeans_init:
     images = np.concatenate(
         [dataset.train_batch(i, config.batch_size) for i in range(q.kmeans_batches)])
     latents = jax.jit(functools.partial(encoder_latents, model))(variables, images)
@@ -180,10 +193,12 @@ def train_step(
     config: ml_collections.ConfigDict,
     axis_name: Any = None,
 ) -> tuple[TrainState, dict[str, Array]]:
-  """One GM-VQ (ALBO) or GQ (TDC) training step on this device's share of the batch.
+  """One training step of any registered method on this device's share of the batch.
 
-  GQ also updates the TDC multipliers in `state.quantizer_state` from the
-  global statistics of the per-token KL bits.
+  GM-VQ minimises the ALBO objective, GQ the TDC-weighted Gaussian VAE loss
+  (and updates its multipliers in `state.quantizer_state` from global
+  statistics of the per-token KL bits), a baseline its recon + quantizer
+  loss (then +OPT / +replace move its codebook in place).
 
   Args:
     state: the train state (replicated).
@@ -198,17 +213,21 @@ def train_step(
   model = build_model(config, axis_name)
   q = config.quantizer
   keys = example_keys(rng, state.step, images.shape[0], axis_name)
-  if config.method == "gq":
+  kind = methods.family(config)
+  if kind == "gq":
     model_kwargs = dict(sample_fn=gq_sample_fn(config))
   else:
-    tau = temperature(config, state.step)
+    tau = methods.temperature(config, state.step)
     model_kwargs = dict(temperature=tau)
 
   def loss_fn(params):
     (reconstructions, z, aux), new_vars = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         example_keys=keys, mutable=["batch_stats"], **model_kwargs)
-    if config.method == "gq":
+    if kind in methods.BASELINE_FAMILIES:
+      loss, terms = methods.baseline_loss(config, images, reconstructions, aux)
+      return loss, (terms, new_vars["batch_stats"], (aux["z"], aux["indices"]))
+    if kind == "gq":
       bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)  # (B, h, w, c/m)
       # Both terms are per-image totals averaged over images (squared error
       # summed over pixels, KL bits summed over tokens), so kl_weight weighs
@@ -233,15 +252,27 @@ def train_step(
   metrics.update(learning_rate=learning_rate_schedule(config)(state.step),
                  grad_norm=optax.tree.norm(grads))
   quantizer_state = state.quantizer_state
-  if config.method == "gq":
+  if kind == "gq":
     # Multipliers move after every step from GLOBAL statistics of R (§2).
     tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
     metrics.update(gq.tdc_metrics(extra, state.quantizer_state, axis_name=axis_name, **tdc))
     quantizer_state = gq.tdc_update(state.quantizer_state, extra, factor=q.factor,
                                     axis_name=axis_name, **tdc)
-  else:
+  elif kind == "gmvq":
     code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(extra), axis=0), axis_name)
-    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts))
+    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
+                   batch_perplexity=metrics_lib.hard_perplexity(code_counts))
+  else:
+    z, indices = extra
+    code_counts = methods.code_histogram(indices, methods.codebook_size(config),
+                                         axis_name=axis_name)
+    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
+                   batch_perplexity=metrics_lib.hard_perplexity(code_counts))
+    # One key for every device (not per example): replacements must agree.
+    update_rng = jax.random.fold_in(jax.random.fold_in(rng, UPDATE_STREAM), state.step)
+    params, quantizer_state, update_metrics = methods.after_step(
+        config, params, quantizer_state, z, indices, update_rng, axis_name=axis_name)
+    metrics.update(update_metrics)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, quantizer_state=quantizer_state)
   return new_state, metrics
@@ -254,7 +285,7 @@ def eval_step(
     *,
     config: ml_collections.ConfigDict,
 ) -> tuple[dict[str, Array], Array]:
-  """Deterministic, noise-free evaluation of one (padded) batch.
+  """Deterministic, noise-free evaluation of one (padded) batch, for any method.
 
   Args:
     state: the train state.
@@ -273,7 +304,7 @@ def eval_step(
   reconstructions, _, aux = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
   squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
-  if config.method == "gq":
+  if methods.family(config) == "gq":
     q = config.quantizer
     bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)
     token_mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (bits.ndim - 1)), bits.shape)
@@ -290,12 +321,18 @@ def eval_step(
     return sums, reconstructions
   vectors_per_example = aux["indices"].shape[0] // images.shape[0]
   vector_mask = jnp.repeat(mask, vectors_per_example)
-  qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0) / jnp.maximum(jnp.sum(vector_mask), 1.0)
+  # Code histogram by scatter-add (FSQ/LFQ/BSQ codebooks can be 2^16 wide).
+  code_counts = methods.code_histogram(aux["indices"], methods.codebook_size(config), vector_mask)
+  if "probs" in aux:  # The paper's perplexity: of the soft posterior's batch mean.
+    qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0)
+  else:  # Deterministic quantizers: the posterior is the one-hot code.
+    qbar = code_counts
+  qbar = qbar / jnp.maximum(jnp.sum(vector_mask), 1.0)
   has_data = (jnp.sum(mask) > 0).astype(jnp.float32)
   sums = dict(
       squared_error=jnp.sum(squared * mask),
       num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
-      code_counts=jnp.sum(aux["codes"] * vector_mask[:, None], axis=0),
+      code_counts=code_counts,
       batch_perplexity_sum=metrics_lib.perplexity(qbar) * has_data,
       num_batches=has_data,
   )
@@ -355,7 +392,7 @@ def evaluate(
     if have < num_images:
       take = min(num_images - have, real)
       pairs.append((images[:take], np.asarray(reconstructions[:take])))
-  if config.method == "gq":
+  if methods.family(config) == "gq":
     figures = metrics_lib.summarize_gaussian_eval(totals)
   else:
     figures = metrics_lib.summarize_eval(totals)
@@ -422,8 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if done % config.log_every_steps == 0 or done == config.num_steps:
       host_metrics = strategy.get_metrics(step_metrics)
       writer.write(done, "train", host_metrics)
-      shown = (("loss", "recon", "kl_bits_mean", "lam") if config.method == "gq"
-               else ("loss", "recon", "kl", "qbar_perplexity"))
+      shown = PROGRESS_METRICS[methods.family(config)]
       progress.report(done, {k: host_metrics[k] for k in shown})
     if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
       checkpointing.save(manager, done, strategy.get_state(placed), config)

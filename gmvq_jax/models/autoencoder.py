@@ -1,7 +1,7 @@
-"""Autoencoder glue: encoder -> quantizer (GM-VQ) or Gaussian posterior (GQ) -> decoder.
+"""Autoencoder glue: encoder -> quantizer (GM-VQ, a baseline) or Gaussian posterior (GQ) -> decoder.
 
-The quantizer itself is the pure `gmvq_jax.quantizers.gmvq.quantize`; this
-module only owns the codebook parameter and reshapes the latent grid.
+The quantizers themselves are pure functions (`gmvq_jax.quantizers`); these
+modules only own the quantizer parameters and reshape the latent grid.
 """
 
 from __future__ import annotations
@@ -173,3 +173,62 @@ class GaussianAutoencoder(nn.Module):
       eps = eps.reshape(mu.shape)
       z = mu + jnp.exp(0.5 * logvar) * eps if sample_fn is None else sample_fn(mu, logvar, eps)
     return self.decode(z, train), z, dict(mu=mu, logvar=logvar)
+
+
+class BaselineAutoencoder(nn.Module):
+  """A baseline quantizer (VQ-VAE family, SQ-VAE, Gumbel-VQVAE, FSQ, LFQ, BSQ) in the shared network.
+
+  Attributes:
+    encoder_width: channels the encoder emits per position.
+    latent_width: channels the quantizer returns and the decoder reads.
+    quantize: `(params, z, *, rng, temperature, train) -> (z_q, aux)` on
+      (N, encoder_width) vectors (`methods.make_quantize`).
+    init_quantizer_params: `rng -> params` of the quantizer, or None.
+    channels, num_res_blocks, axis_name, dtype: as in `GMVQAutoencoder`.
+  """
+
+  encoder_width: int
+  latent_width: int
+  quantize: Callable[..., Any]
+  init_quantizer_params: Callable[[jax.Array], Any] | None = None
+  channels: Sequence[int] = (32, 64)
+  num_res_blocks: int = 2
+  axis_name: Any = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = networks.Encoder(
+        self.encoder_width, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.decoder = networks.Decoder(
+        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.quantizer = (None if self.init_quantizer_params is None
+                      else self.param("quantizer", self.init_quantizer_params))
+
+  def encode(self, images: jax.Array, train: bool) -> jax.Array:
+    """Images (B, H, W, 3) -> encoder outputs (B, h, w, encoder_width) float32."""
+    return self.encoder(images, train).astype(jnp.float32)
+
+  def decode(self, z: jax.Array, train: bool) -> jax.Array:
+    return self.decoder(z, train)
+
+  def __call__(
+      self,
+      images: jax.Array,
+      *,
+      train: bool,
+      example_keys: jax.Array | None = None,
+      temperature: jax.Array | float = 1.0,
+  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Encodes, quantizes and decodes.
+
+    Returns:
+      `(reconstructions, z_q, aux)`: (B, H, W, 3), (N, latent_width) and the
+      quantizer's aux dict, plus `z` (N, encoder_width), the encoder vectors.
+    """
+    z = self.encode(images, train)
+    batch, height, width, dim = z.shape
+    rng = vector_keys(example_keys, height * width) if train else None
+    z_q, aux = self.quantize(self.quantizer, z.reshape(-1, dim), rng=rng,
+                             temperature=temperature, train=train)
+    reconstructions = self.decode(z_q.reshape(batch, height, width, -1), train)
+    return reconstructions, z_q, dict(aux, z=z.reshape(-1, dim))
