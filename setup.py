@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",  # Scrambled Sobol points and the inverse normal CDF of the GQ codebook.
     "scikit-image>=0.26",  # Ships the photographs of the embedded demo dataset.
     "pillow>=10",  # Writes reconstruction PNGs.
+    "matplotlib>=3.8",  # The comparison's curves and scatter plots (Agg backend, no display).
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.
 ]
 

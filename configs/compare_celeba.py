@@ -1,0 +1,20 @@
+"""The comparison on CelebA 128x128 with paper 001's setup (Table 1), for GPU/TPU.
+
+Every method of `gmvq_jax.methods` with the GM-VQ CelebA network and
+schedule (configs/gmvq_celeba.py: 6 residual blocks, batch 256, 100 epochs,
+AdamW peak lr 1e-4), C = 1024, L = 64. Needs TFDS celeb_a prepared as
+ArrayRecord under train.data_dir.
+"""
+
+from configs import compare_demo
+from configs import gmvq_celeba
+
+
+def get_config(variant: str | None = None):
+  config = compare_demo.compare_config(gmvq_celeba.get_config())
+  if variant == "smoke":
+    compare_demo.shrink_for_smoke(config)
+    config.train.image_size = 32  # celeb_a is resized on read.
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of compare_celeba; known: 'smoke'.")
+  return config

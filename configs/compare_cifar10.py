@@ -1,0 +1,20 @@
+"""The comparison on CIFAR10 with paper 001's setup (Table 1), for GPU/TPU.
+
+Every method of `gmvq_jax.methods` with the GM-VQ CIFAR10 network and
+schedule (configs/gmvq_cifar10.py: batch 256, 100 epochs, AdamW peak lr
+1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with gamma = 1e-3 (the
+paper tunes gamma; set --config.quantizers.gmvq.gamma to its best).
+Needs TFDS cifar10 prepared as ArrayRecord under train.data_dir.
+"""
+
+from configs import compare_demo
+from configs import gmvq_cifar10
+
+
+def get_config(variant: str | None = None):
+  config = compare_demo.compare_config(gmvq_cifar10.get_config())
+  if variant == "smoke":
+    compare_demo.shrink_for_smoke(config)
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of compare_cifar10; known: 'smoke'.")
+  return config
