@@ -33,6 +33,16 @@ def vector_keys(example_keys: jax.Array, vectors_per_example: int) -> jax.Array:
   return per_example(example_keys).reshape(-1)
 
 
+def _encoder_decoder(module: nn.Module, encoder_width: int):
+  """The shared ResNet encoder (to `encoder_width` channels) and decoder of every model.
+
+  Called from a model's `setup`; reads its channels, num_res_blocks,
+  axis_name and dtype fields.
+  """
+  shared = (module.channels, module.num_res_blocks, module.axis_name, module.dtype)
+  return networks.Encoder(encoder_width, *shared), networks.Decoder(*shared)
+
+
 class GMVQAutoencoder(nn.Module):
   """The GM-VQ model: the encoder emits (zh, r) of width L each (Eq. 15).
 
@@ -55,10 +65,7 @@ class GMVQAutoencoder(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = networks.Encoder(
-        2 * self.latent_dim, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
-    self.decoder = networks.Decoder(
-        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.encoder, self.decoder = _encoder_decoder(self, 2 * self.latent_dim)
     self.codebook = self.param(
         "codebook", nn.initializers.normal(1.0), (self.num_codes, self.latent_dim), jnp.float32)
 
@@ -128,10 +135,7 @@ class GaussianAutoencoder(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = networks.Encoder(
-        2 * self.latent_channels, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
-    self.decoder = networks.Decoder(
-        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.encoder, self.decoder = _encoder_decoder(self, 2 * self.latent_channels)
 
   def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     """Images -> (mu, logvar), each (B, h, w, c) float32, logvar clipped to [-30, 20]."""
@@ -197,10 +201,7 @@ class BaselineAutoencoder(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = networks.Encoder(
-        self.encoder_width, self.channels, self.num_res_blocks, self.axis_name, self.dtype)
-    self.decoder = networks.Decoder(
-        self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.encoder, self.decoder = _encoder_decoder(self, self.encoder_width)
     self.quantizer = (None if self.init_quantizer_params is None
                       else self.param("quantizer", self.init_quantizer_params))
 
