@@ -7,6 +7,7 @@ TFDS datasets run under `tfds.testing.mock_data`, which keeps the real
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from unittest import mock
@@ -133,6 +134,33 @@ class EmbeddedTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "image_size"):
       data.make_dataset("embedded", image_size=image_size, seed=0)
 
+  def test_shards_concatenate_to_the_global_batch(self):
+    ds = data.make_dataset("embedded", image_size=16, seed=4)
+    self.assertIsNone(ds.num_train_examples)
+    whole = ds.train_batch(9, 12)
+    for num_shards in (1, 2, 3, 4):
+      parts = [ds.train_batch(9, 12, shard=i, num_shards=num_shards) for i in range(num_shards)]
+      self.assertEqual({p.shape for p in parts}, {(12 // num_shards, 16, 16, 3)})
+      np.testing.assert_array_equal(np.concatenate(parts), whole)
+    self.assertFalse(np.array_equal(ds.train_batch(9, 12, shard=0, num_shards=2),
+                                    ds.train_batch(9, 12, shard=1, num_shards=2)))
+
+  @parameterized.parameters(
+      (dict(shard=0, num_shards=5), "does not divide by num_shards=5"),
+      (dict(shard=2, num_shards=2), "shard=2 is out of range"),
+      (dict(shard=-1, num_shards=2), "shard must be an integer >= 0"),
+      (dict(shard=0, num_shards=0), "num_shards must be an integer >= 1"))
+  def test_bad_shards_raise(self, kwargs, message):
+    ds = data.make_dataset("embedded", image_size=16, seed=0)
+    with self.assertRaisesRegex(ValueError, message):
+      ds.train_batch(0, 12, **kwargs)
+
+  def test_position_has_no_epochs(self):
+    ds = data.make_dataset("embedded", image_size=16, seed=0)
+    position = ds.position(7, 32)
+    self.assertEqual(position, dict(examples_seen=224, epoch=None, index_in_epoch=None))
+    self.assertEqual(json.loads(json.dumps(position)), position)
+
   def test_largest_image_size(self):
     ds = data.make_dataset("embedded", image_size=300, seed=0, num_eval_examples=3)
     chex.assert_shape(ds.train_batch(0, 2), (2, 300, 300, 3))
@@ -142,7 +170,9 @@ class EmbeddedTest(parameterized.TestCase):
 class RegistryTest(parameterized.TestCase):
 
   def test_names(self):
-    self.assertEqual(data.DATASET_NAMES, ("embedded", "cifar10", "celeb_a", "imagenet2012"))
+    self.assertEqual(data.DATASET_NAMES,
+                     ("embedded", "cifar10", "celeb_a", "imagenet2012", "folder", "npz"))
+    self.assertEqual(set(data.DEFAULT_IMAGE_SIZE), set(data.DATASET_NAMES))
     for name in data.DATASET_NAMES:
       data.validate_dataset_name(name)  # Must not raise.
 
@@ -226,6 +256,35 @@ class TfdsTest(parameterized.TestCase):
     other_seed = data.make_dataset("cifar10", image_size=32, seed=6)
     self.assertFalse(np.array_equal(
         np.concatenate([other_seed.train_indices(s, 5) for s in range(2)]), epoch0))
+
+  @parameterized.parameters("cifar10", "celeb_a")
+  def test_shards_concatenate_to_the_global_batch(self, name):
+    ds = data.make_dataset(name, image_size=32, seed=5)
+    # Step 2 of batch 8 over 10 examples straddles epochs 1 and 2.
+    whole = ds.train_batch(2, 8)
+    for num_shards in (2, 4, 8):
+      parts = [ds.train_batch(2, 8, shard=i, num_shards=num_shards) for i in range(num_shards)]
+      np.testing.assert_array_equal(np.concatenate(parts), whole)
+      indices = [ds.train_indices(2, 8, shard=i, num_shards=num_shards) for i in range(num_shards)]
+      np.testing.assert_array_equal(np.concatenate(indices), ds.train_indices(2, 8))
+    with self.assertRaisesRegex(ValueError, "batch_size=8 does not divide by num_shards=3"):
+      ds.train_batch(2, 8, shard=0, num_shards=3)
+
+  def test_shard_reads_only_its_rows(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=5)
+    with mock.patch.object(ds, "_read", wraps=ds._read) as spy:
+      ds.train_batch(3, 8, shard=1, num_shards=4)
+    (_, indices), = [call.args for call in spy.call_args_list]
+    np.testing.assert_array_equal(indices, ds.train_indices(3, 8)[2:4])
+
+  def test_position(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=0)
+    self.assertEqual(ds.num_train_examples, NUM_MOCK_EXAMPLES)
+    self.assertEqual(ds.position(0, 4), dict(examples_seen=0, epoch=0, index_in_epoch=0))
+    # After 3 steps of 4, 12 examples are seen: batch 3 starts at epoch 1, index 2.
+    self.assertEqual(ds.position(3, 4), dict(examples_seen=12, epoch=1, index_in_epoch=2))
+    self.assertEqual(ds.train_indices(3, 4)[0],
+                     np.random.default_rng((0, 1)).permutation(NUM_MOCK_EXAMPLES)[2])
 
   def test_eval_batches_are_the_test_split_in_order(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=0)

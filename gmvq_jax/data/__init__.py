@@ -1,10 +1,11 @@
-"""Input pipelines: embedded demo photographs and TFDS (cifar10, celeb_a) datasets.
+"""Input pipelines: embedded demo photographs, TFDS datasets and the user's own images.
 
 `make_dataset(name, image_size=..., seed=...)` is the entry point; its batches
 are float32 NumPy arrays on the host, in [0, 1].
 """
 
 from gmvq_jax.data.registry import DATASET_NAMES
+from gmvq_jax.data.registry import DataError
 from gmvq_jax.data.registry import DatasetNotPreparedError
 from gmvq_jax.data.registry import DEFAULT_IMAGE_SIZE
 from gmvq_jax.data.registry import ImageDataset
@@ -14,6 +15,7 @@ from gmvq_jax.data.registry import validate_dataset_name
 __all__ = [
     "DATASET_NAMES",
     "DEFAULT_IMAGE_SIZE",
+    "DataError",
     "DatasetNotPreparedError",
     "ImageDataset",
     "make_dataset",

@@ -14,6 +14,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
+from gmvq_jax.data import shuffling
+
 # Natural photographs only: no synthetic images (color.png, phantom.png),
 # binary or text images (horse.png, page.png, text.png), chessboards, logos,
 # nearly blank ones (cell.png) or synthetically blurred ones (clock_motion.png).
@@ -112,12 +114,6 @@ def crop(spec: CropSpec, image_size: int) -> np.ndarray:
   return patch[:, ::-1] if spec.flip else patch
 
 
-def _check_int(value, what: str, minimum: int = 0) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
-
-
 class EmbeddedDataset:
   """Random training crops from TRAIN_PHOTOS; fixed test crops from HELD_OUT_PHOTOS."""
 
@@ -131,8 +127,8 @@ class EmbeddedDataset:
       seed: selects the training crop sequence; the test crops do not depend on it.
       num_eval_examples: number of test crops; DEFAULT_NUM_EVAL_EXAMPLES if None.
     """
-    self.seed = _check_int(seed, "seed")
-    image_size = _check_int(image_size, "embedded image_size", MIN_IMAGE_SIZE)
+    self.seed = shuffling.check_int(seed, "seed")
+    image_size = shuffling.check_int(image_size, "embedded image_size", MIN_IMAGE_SIZE)
     max_size = min(min(load_photo(name).shape[:2]) for name in TRAIN_PHOTOS + HELD_OUT_PHOTOS)
     if image_size > max_size:
       raise ValueError(
@@ -142,7 +138,8 @@ class EmbeddedDataset:
     self.image_shape = (image_size, image_size, 3)
     if num_eval_examples is None:
       num_eval_examples = DEFAULT_NUM_EVAL_EXAMPLES
-    self.num_eval_examples = _check_int(num_eval_examples, "num_eval_examples", 1)
+    self.num_eval_examples = shuffling.check_int(num_eval_examples, "num_eval_examples", 1)
+    self.num_train_examples = None  # Random crops: no finite training split, no epochs.
 
     # Level l of a photo is its 1/DOWNSCALE_FACTORS[l] copy. Full size always
     # fits (checked above) and smaller copies stop fitting first, so the usable
@@ -172,8 +169,8 @@ class EmbeddedDataset:
     Photo uniform over TRAIN_PHOTOS, then downscale uniform over the levels the
     crop fits, position uniform, and a left-right flip with probability 1/2.
     """
-    step = _check_int(step, "step")
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    step = shuffling.check_int(step, "step")
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)
     rng = np.random.default_rng((self.seed, step))
     photo = rng.integers(len(TRAIN_PHOTOS), size=batch_size)
     level = rng.integers(self._num_levels[photo])
@@ -192,17 +189,37 @@ class EmbeddedDataset:
       batch[i] = crop(spec, self.image_size)
     return batch.astype(np.float32) / np.float32(255)
 
-  def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-    """Training batch `step`; no iterator state, so a resumed run sees the same batches.
+  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
+                  num_shards: int = 1) -> np.ndarray:
+    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
+
+    No iterator state, so a resumed run sees the same batches.
 
     Args:
       step: training step, >= 0.
-      batch_size: crops per batch.
+      batch_size: crops per global batch, over all hosts.
+      shard: this host's index, 0 <= shard < num_shards.
+      num_shards: the number of hosts; batch_size must divide by it.
 
     Returns:
-      (batch_size, H, W, 3) float32 in [0, 1].
+      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
+      [shard * b, (shard + 1) * b) of the global batch. Only those crops are cut.
     """
-    return self._render(self.train_crop_specs(step, batch_size))
+    rows = shuffling.shard_rows(batch_size, shard, num_shards)
+    # The specs of the whole batch come from one random stream (cheap), so a
+    # slice's crops are the global batch's, bit for bit.
+    specs = self.train_crop_specs(step, batch_size)
+    return self._render(specs[rows.start:rows.stop])
+
+  def position(self, step: int, batch_size: int) -> dict[str, int | None]:
+    """Progress before batch `step`; crops are drawn afresh, so there are no epochs.
+
+    Returns:
+      dict(examples_seen=step * batch_size, epoch=None, index_in_epoch=None).
+    """
+    step = shuffling.check_int(step, "step")
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)
+    return dict(examples_seen=step * batch_size, epoch=None, index_in_epoch=None)
 
   @property
   def eval_crop_specs(self) -> tuple[CropSpec, ...]:
@@ -219,6 +236,6 @@ class EmbeddedDataset:
       An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
       possibly for the last batch.
     """
-    batch_size = _check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
     return (self._render(self._eval_specs[start:start + batch_size])
             for start in range(0, self.num_eval_examples, batch_size))

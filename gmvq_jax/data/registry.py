@@ -6,19 +6,30 @@ step and batch size) and a fixed, ordered test split; see ImageDataset.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from gmvq_jax.data import embedded
 
-DATASET_NAMES = ("embedded", "cifar10", "celeb_a", "imagenet2012")
+TFDS_DATASET_NAMES = ("cifar10", "celeb_a", "imagenet2012")
+# 'folder' and 'npz' are the user's own images, found at config.data_dir.
+USER_DATASET_NAMES = ("folder", "npz")
+DATASET_NAMES = ("embedded",) + TFDS_DATASET_NAMES + USER_DATASET_NAMES
 DEFAULT_IMAGE_SIZE = {"embedded": embedded.DEFAULT_IMAGE_SIZE, "cifar10": 32, "celeb_a": 128,
-                      "imagenet2012": 256}
+                      "imagenet2012": 256, "folder": 64, "npz": 64}
 
 
 class DatasetNotPreparedError(FileNotFoundError):
   """A TFDS dataset has no ArrayRecord files in data_dir; the message says how to build them."""
+
+
+class DataError(ValueError):
+  """The user's own images (dataset 'folder' or 'npz') are missing or unreadable.
+
+  The message names the file or array at fault and how to fix it, in a form a
+  launcher can print as one line.
+  """
 
 
 class ImageDataset(Protocol):
@@ -26,9 +37,22 @@ class ImageDataset(Protocol):
 
   image_shape: tuple[int, int, int]  # (H, W, 3)
   num_eval_examples: int  # Size of the test split that eval_batches covers.
+  # Size of the training split that epochs run over; None for a source
+  # without epochs (the embedded dataset draws fresh random crops).
+  num_train_examples: int | None
 
-  def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-    """(batch_size, H, W, 3) float32 in [0, 1]; same (seed, step, batch_size), same bits."""
+  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
+                  num_shards: int = 1) -> np.ndarray:
+    """Rows [shard * b, (shard + 1) * b) of global batch `step`, b = batch_size // num_shards.
+
+    Reads only those rows, so each host of a multi-host run reads a disjoint
+    slice; concatenating shards 0..num_shards-1 gives the unsharded batch bit
+    for bit. (b, H, W, 3) float32 in [0, 1]; same (seed, step, batch_size),
+    same bits.
+    """
+
+  def position(self, step: int, batch_size: int) -> dict[str, Any]:
+    """JSON-able progress before batch `step`: examples_seen, epoch, index_in_epoch."""
 
   def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """The whole test split in a fixed order, as (b, H, W, 3) float32 batches."""
@@ -49,11 +73,13 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
     name: one of DATASET_NAMES.
     image_size: side of the square images: 8..300 for embedded (crops),
       exactly 32 for cifar10, 8..178 for celeb_a (resized face crops),
-      8..512 for imagenet2012 (resized centre squares).
+      8..512 for imagenet2012, >= 8 for folder and npz (resized centre squares).
     seed: selects the training batch sequence.
-    data_dir: TFDS data_dir for the TFDS datasets; ignored by embedded.
+    data_dir: TFDS data_dir for the TFDS datasets; for 'folder' a directory
+      holding train/ and test/ image folders; for 'npz' the path of an .npz
+      file with arrays 'train' and 'test'; ignored by embedded.
     num_eval_examples: test examples to evaluate on; None for the default
-      (512 embedded crops; the whole TFDS test split).
+      (512 embedded crops; the whole test split of the others).
 
   Returns:
     An ImageDataset.
@@ -61,13 +87,19 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
   Raises:
     ValueError: unknown name, or an image_size the source cannot provide.
     DatasetNotPreparedError: a TFDS dataset is not prepared in data_dir.
+    DataError: the user's images for 'folder' or 'npz' are missing or unreadable.
   """
   validate_dataset_name(name)
   if name == "embedded":
     return embedded.EmbeddedDataset(image_size=image_size, seed=seed,
                                     num_eval_examples=num_eval_examples)
   # Imported here so that config validation and the embedded demo do not pay
-  # for importing TFDS.
+  # for importing TFDS or scanning image folders.
+  if name in USER_DATASET_NAMES:
+    from gmvq_jax.data import user_images  # pylint: disable=g-import-not-at-top
+    dataset_class = {"folder": user_images.FolderDataset, "npz": user_images.NpzDataset}[name]
+    return dataset_class(data_dir, image_size=image_size, seed=seed,
+                         num_eval_examples=num_eval_examples)
   from gmvq_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsImageDataset(name, image_size=image_size, seed=seed, data_dir=data_dir,
                                       num_eval_examples=num_eval_examples)

@@ -7,15 +7,18 @@ prepared raises DatasetNotPreparedError saying how to prepare it.
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmvq_jax.data import images as image_ops
+from gmvq_jax.data import shuffling
 from gmvq_jax.data.registry import DatasetNotPreparedError
+from gmvq_jax.data.registry import TFDS_DATASET_NAMES
 
-TFDS_NAMES = ("cifar10", "celeb_a", "imagenet2012")
+TFDS_NAMES = TFDS_DATASET_NAMES
 # The held-out split evaluation uses: ImageNet's test labels are not public,
 # so its 50,000-image validation split plays that role.
 EVAL_SPLITS = {"cifar10": "test", "celeb_a": "test", "imagenet2012": "validation"}
@@ -25,36 +28,45 @@ MAX_IMAGENET_SIZE = 512
 # 178x178 square, which is then resized. Larger sizes would only upsample.
 CELEB_A_CROP = 178
 MIN_IMAGE_SIZE = 8
-# Rebuilding a 162,770-index permutation costs milliseconds per step; batches
-# touch at most two epochs at a time, so two cached permutations suffice.
-_CACHED_EPOCHS = 2
+# ImageNet's archives need a login, so TFDS cannot fetch them; the user puts
+# them where TFDS looks: <data_dir>/downloads/manual/.
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
 def prepare_command(name: str, data_dir: str) -> str:
   """The shell command that builds `name` as ArrayRecord files under `data_dir`."""
-  return (
-      "python -c \"import tensorflow_datasets as tfds; "
-      f"tfds.builder('{name}', data_dir='{data_dir}', file_format='array_record')"
-      ".download_and_prepare()\"")
+  return f"python -m launch.prepare_data --dataset={name} --data_dir={shlex.quote(data_dir)}"
+
+
+def manual_dir(data_dir: str) -> str:
+  """Where TFDS looks for manually downloaded archives (ImageNet's tars)."""
+  return os.path.join(data_dir, "downloads", "manual")
+
+
+def download_notes(name: str, data_dir: str) -> list[str]:
+  """What building `name` needs beyond internet access, one line per note."""
+  if name == "imagenet2012":
+    return [f"ImageNet cannot be downloaded by TFDS: put {' and '.join(IMAGENET_MANUAL_FILES)}"
+            f" (from image-net.org, after registering) in {manual_dir(data_dir)}/ first."]
+  if name == "celeb_a":
+    return ["CelebA downloads ~1.4 GB from Google Drive, which can refuse with a"
+            " download-quota error; retry later if it does."]
+  return []
 
 
 def _not_prepared_message(name: str, data_dir: str, cause: BaseException) -> str:
   lines = [
       f"TFDS dataset '{name}' is not prepared as ArrayRecord files in data_dir={data_dir!r}"
       " (gmvq_jax only reads it with tfds.data_source and never downloads).",
-      "Prepare it once, on a machine with internet access (building, unlike reading,"
-      " needs TensorFlow; importlib_resources is a TFDS build dependency the"
-      " tensorflow-datasets wheel does not declare):",
-      "  pip install tensorflow importlib_resources",
+      "Prepare it once, on a machine with internet access; building, unlike reading,"
+      " needs TensorFlow (the 'prepare' extra):",
+      "  pip install -e '.[prepare]'",
       f"  {prepare_command(name, data_dir)}",
+      "(which runs tfds.builder(name, data_dir=..., file_format='array_record')"
+      ".download_and_prepare()),",
       f"then pass data_dir={data_dir!r} (config.data_dir).",
   ]
-  if name == "imagenet2012":
-    lines.append("ImageNet cannot be downloaded by TFDS: put ILSVRC2012_img_train.tar and"
-                 " ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ first.")
-  if name == "celeb_a":
-    lines.append("CelebA downloads ~1.4 GB from Google Drive, which can refuse with a"
-                 " download-quota error; retry later if it does.")
+  lines += download_notes(name, data_dir)
   lines.append(f"TFDS said: {type(cause).__name__}: {cause}")
   return "\n".join(lines)
 
@@ -85,12 +97,6 @@ def open_split(name: str, split: str, data_dir: str | None) -> Sequence[dict[str
     raise DatasetNotPreparedError(_not_prepared_message(name, root, error)) from error
 
 
-def _check_int(value, what: str, minimum: int = 0) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
-
-
 def check_image_size(name: str, image_size: int) -> int:
   """Raises ValueError unless `name` can be served at `image_size`."""
   if name == "cifar10":
@@ -112,18 +118,6 @@ def check_image_size(name: str, image_size: int) -> int:
           f" (the centred square crop, resized), got {image_size!r}.")
     return int(image_size)
   raise ValueError(f"Unknown TFDS dataset {name!r}; this module serves {TFDS_NAMES}.")
-
-
-def _center_crop_resize(image: np.ndarray, image_size: int) -> np.ndarray:
-  """(H, W, 3) uint8 -> (image_size, image_size, 3) uint8 from the centred square."""
-  height, width = image.shape[:2]
-  side = min(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
-  square = Image.fromarray(image[top:top + side, left:left + side])
-  if side == image_size:
-    return np.asarray(square)
-  # PIL widens the bilinear kernel when shrinking, so this averages (no aliasing).
-  return np.asarray(square.resize((image_size, image_size), Image.BILINEAR))
 
 
 class TfdsImageDataset:
@@ -148,48 +142,38 @@ class TfdsImageDataset:
     self.name = name
     self.image_size = check_image_size(name, image_size)
     self.image_shape = (self.image_size, self.image_size, 3)
-    self.seed = _check_int(seed, "seed")
+    self.seed = shuffling.check_int(seed, "seed")
     self._train = open_split(name, "train", data_dir)
     self._test = open_split(name, EVAL_SPLITS[name], data_dir)
     self.num_train_examples = len(self._train)
     test_size = len(self._test)
     if num_eval_examples is None:
       num_eval_examples = test_size
-    num_eval_examples = _check_int(num_eval_examples, "num_eval_examples", 1)
+    num_eval_examples = shuffling.check_int(num_eval_examples, "num_eval_examples", 1)
     if num_eval_examples > test_size:
       raise ValueError(
           f"num_eval_examples={num_eval_examples} exceeds the {test_size} examples"
           f" of the {name} test split.")
     self.num_eval_examples = num_eval_examples
-    self._permutations: dict[int, np.ndarray] = {}
+    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._permutations:
-      if len(self._permutations) >= _CACHED_EPOCHS:
-        self._permutations.pop(min(self._permutations))
-      rng = np.random.default_rng((self.seed, epoch))
-      self._permutations[epoch] = rng.permutation(self.num_train_examples)
-    return self._permutations[epoch]
-
-  def train_indices(self, step: int, batch_size: int) -> np.ndarray:
-    """Training-split indices of batch `step`.
+  def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
+                    num_shards: int = 1) -> np.ndarray:
+    """Training-split indices of (one host's slice of) batch `step`.
 
     Example number `step * batch_size + i` of the run is position
     `(step * batch_size + i) % N` of epoch `(step * batch_size + i) // N`'s
-    permutation, so a batch may straddle two epochs and no state is kept.
+    permutation, so a batch may straddle two epochs and no state is kept
+    (see shuffling.EpochShuffler).
 
     Returns:
-      (batch_size,) int64.
+      (batch_size // num_shards,) int64.
     """
-    step = _check_int(step, "step")
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, self.num_train_examples)
-    indices = np.empty(batch_size, np.int64)
-    for epoch in np.unique(epochs):
-      here = epochs == epoch
-      indices[here] = self._permutation(int(epoch))[offsets[here]]
-    return indices
+    return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
+
+  def position(self, step: int, batch_size: int) -> dict[str, int]:
+    """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
+    return self._shuffler.position(step, batch_size)
 
   def _read(self, source, indices) -> np.ndarray:
     keys = [int(i) for i in indices]
@@ -198,19 +182,29 @@ class TfdsImageDataset:
     records = getitems(keys) if getitems is not None else [source[k] for k in keys]
     images = [np.asarray(record["image"], np.uint8) for record in records]
     if self.name in ("celeb_a", "imagenet2012"):
-      images = [_center_crop_resize(image, self.image_size) for image in images]
+      images = [image_ops.center_crop_resize(image, self.image_size) for image in images]
     batch = np.stack(images)
     if batch.shape[1:] != self.image_shape:
-      raise ValueError(f"{self.name} gave images of shape {batch.shape[1:]}, expected {self.image_shape}.")
-    return batch.astype(np.float32) / np.float32(255)
+      raise ValueError(
+          f"{self.name} gave images of shape {batch.shape[1:]}, expected {self.image_shape}.")
+    return image_ops.to_unit_float(batch)
 
-  def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-    """Training batch `step`, a pure function of (seed, step, batch_size).
+  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
+                  num_shards: int = 1) -> np.ndarray:
+    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
+
+    Args:
+      step: training step, >= 0.
+      batch_size: images per global batch, over all hosts.
+      shard: this host's index, 0 <= shard < num_shards.
+      num_shards: the number of hosts; batch_size must divide by it.
 
     Returns:
-      (batch_size, H, W, 3) float32 in [0, 1].
+      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
+      [shard * b, (shard + 1) * b) of the global batch; only those are read.
     """
-    return self._read(self._train, self.train_indices(step, batch_size))
+    indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
+    return self._read(self._train, indices)
 
   def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """The whole training split in index order (not shuffled), e.g. to tokenize it.
@@ -218,7 +212,7 @@ class TfdsImageDataset:
     Returns:
       An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
     """
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)
     total = self.num_train_examples
     return (self._read(self._train, range(start, min(start + batch_size, total)))
             for start in range(0, total, batch_size))
@@ -233,6 +227,6 @@ class TfdsImageDataset:
       An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
       possibly for the last batch.
     """
-    batch_size = _check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
     return (self._read(self._test, range(start, min(start + batch_size, self.num_eval_examples)))
             for start in range(0, self.num_eval_examples, batch_size))

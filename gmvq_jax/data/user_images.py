@@ -1,0 +1,350 @@
+"""The user's own images: a folder of PNG/JPEG files ('folder') or an .npz file ('npz').
+
+Selected with config.dataset and found at config.data_dir; checked before
+training starts, and shuffled per epoch exactly like the TFDS datasets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+from typing import Iterator, Sequence
+
+from absl import logging
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+from gmvq_jax.data import images as image_ops
+from gmvq_jax.data import shuffling
+from gmvq_jax.data.registry import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # Matched case-insensitively.
+SPLITS = ("train", "test")
+MIN_IMAGE_SIZE = 8
+FOLDER_LAYOUT = (
+    "dataset='folder' expects config.data_dir to be a directory holding train/ and test/"
+    " subdirectories of .png/.jpg/.jpeg images (searched recursively; names starting with"
+    " '.' are skipped)")
+NPZ_LAYOUT = (
+    "dataset='npz' expects config.data_dir to be the path of an .npz file holding arrays"
+    " 'train' and 'test', each (N, H, W, 3) RGB or (N, H, W) greyscale, uint8 in 0..255"
+    " or float in [0, 1]; write one with np.savez(path, train=..., test=...)")
+_SHOWN_FILES = 5  # Unreadable files named in one message; the rest are counted.
+
+
+@functools.lru_cache(maxsize=None)
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+  # PIL decodes and resizes with the GIL released, so threads decode in parallel.
+  return concurrent.futures.ThreadPoolExecutor(
+      max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gmvq_decode")
+
+
+def _check_image_size(image_size) -> int:
+  ok = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+  if not ok or image_size < MIN_IMAGE_SIZE:
+    raise ValueError(
+        f"image_size must be an integer >= {MIN_IMAGE_SIZE} for the user's images"
+        f" (the centred square of each image is resized to it), got {image_size!r}.")
+  return int(image_size)
+
+
+def _check_num_eval(num_eval_examples: int | None, test_size: int, where: str) -> int:
+  if num_eval_examples is None:
+    return test_size
+  num_eval_examples = shuffling.check_int(num_eval_examples, "num_eval_examples", 1)
+  if num_eval_examples > test_size:
+    raise ValueError(
+        f"num_eval_examples={num_eval_examples} exceeds the {test_size} test images"
+        f" in {where}; lower it or leave it unset to evaluate on all of them.")
+  return num_eval_examples
+
+
+class _ShuffledSplits:
+  """Batching shared by both sources; a subclass sets the fields and `_read`."""
+
+  image_size: int
+  image_shape: tuple[int, int, int]
+  seed: int
+  num_train_examples: int
+  num_eval_examples: int
+  _shuffler: shuffling.EpochShuffler
+
+  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    """Images `indices` of `split` as (len(indices), H, W, 3) float32 in [0, 1]."""
+    raise NotImplementedError
+
+  def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
+                    num_shards: int = 1) -> np.ndarray:
+    """Training-split indices of (one host's slice of) batch `step`; see EpochShuffler.
+
+    Returns:
+      (batch_size // num_shards,) int64.
+    """
+    return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
+
+  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
+                  num_shards: int = 1) -> np.ndarray:
+    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
+
+    Args:
+      step: training step, >= 0.
+      batch_size: images per global batch, over all hosts.
+      shard: this host's index, 0 <= shard < num_shards.
+      num_shards: the number of hosts; batch_size must divide by it.
+
+    Returns:
+      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
+      [shard * b, (shard + 1) * b) of the global batch; only those are read.
+    """
+    indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
+    return self._read("train", indices)
+
+  def position(self, step: int, batch_size: int) -> dict[str, int]:
+    """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
+    return self._shuffler.position(step, batch_size)
+
+  def _in_order(self, split: str, total: int, batch_size: int) -> Iterator[np.ndarray]:
+    batch_size = shuffling.check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
+    return (self._read(split, range(start, min(start + batch_size, total)))
+            for start in range(0, total, batch_size))
+
+  def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    """The whole training split in order (not shuffled), e.g. to tokenize it.
+
+    Returns:
+      An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
+    """
+    return self._in_order("train", self.num_train_examples, batch_size)
+
+  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    """The first num_eval_examples of the test split, in order.
+
+    Returns:
+      An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
+      possibly for the last batch.
+    """
+    return self._in_order("test", self.num_eval_examples, batch_size)
+
+
+# --- 'folder': PNG and JPEG files -------------------------------------------
+
+
+def find_images(directory: str) -> list[str]:
+  """Paths of the .png/.jpg/.jpeg files under `directory`, recursively, sorted.
+
+  Files and folders whose names start with '.' (e.g. macOS's '._x.jpg') are skipped.
+  """
+  paths = []
+  for root, dirs, files in os.walk(directory, followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    paths += [os.path.join(root, name) for name in files
+              if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(paths)
+
+
+def _open_problem(path: str) -> str | None:
+  """Why PIL cannot open `path`, or None if it can (a cheap check: no full decode)."""
+  try:
+    with Image.open(path) as image:
+      image.verify()  # Parses the structure (PNG chunk CRCs), without decoding pixels.
+  except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
+    return f"{type(error).__name__}: {error}"
+  return None
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+  """Decodes one file to its centred square at image_size: (S, S, 3) uint8.
+
+  Grey images are replicated to RGB, alpha is dropped, 16-bit grey is scaled
+  to 8 bits and EXIF rotations are applied. JPEGs decode at the smallest
+  1/1..1/8 scale that still covers image_size (much faster for big photos).
+
+  Raises:
+    DataError: the file cannot be decoded, naming it.
+  """
+  try:
+    with Image.open(path) as image:
+      image.draft("RGB", (image_size, image_size))  # A no-op except for JPEG.
+      image = ImageOps.exif_transpose(image)
+      if image.mode in ("I", "I;16", "I;16L", "I;16B"):  # 16-bit greyscale PNG.
+        grey = np.round(np.asarray(image, np.float64) / 257).clip(0, 255).astype(np.uint8)
+        pixels = np.repeat(grey[..., None], 3, axis=-1)
+      else:
+        pixels = np.asarray(image.convert("RGB"))
+  except Exception as error:  # As in _open_problem, PIL raises many types.
+    raise DataError(
+        f"Cannot decode image file {path} ({type(error).__name__}: {error}); it is probably"
+        " truncated or corrupted: remove or replace it, then restart.") from error
+  if min(pixels.shape[:2]) == 0:
+    raise DataError(f"Image file {path} has no pixels ({pixels.shape[1]}x{pixels.shape[0]});"
+                    " remove or replace it.")
+  return image_ops.center_crop_resize(pixels, image_size)
+
+
+class FolderDataset(_ShuffledSplits):
+  """PNG/JPEG files under data_dir/train/ and data_dir/test/, each resized to a square."""
+
+  def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
+               num_eval_examples: int | None = None):
+    """Lists the images and checks that PIL can open every one (no training yet).
+
+    Args:
+      data_dir: directory holding train/ and test/ (any subfolders).
+      image_size: side of the square images, >= MIN_IMAGE_SIZE; each image's
+        centred square is resized (down or up) to it.
+      seed: selects the per-epoch shuffles of the training split.
+      num_eval_examples: evaluate on the first this many test images (sorted
+        by path); None for all of them.
+
+    Raises:
+      DataError: missing folders, a split without images, or files PIL cannot open.
+      ValueError: bad image_size, seed or num_eval_examples.
+    """
+    self.image_size = _check_image_size(image_size)
+    self.image_shape = (self.image_size, self.image_size, 3)
+    self.seed = shuffling.check_int(seed, "seed")
+    if data_dir is None:
+      raise DataError(f"config.data_dir is not set; {FOLDER_LAYOUT}.")
+    self.data_dir = os.path.expanduser(os.fspath(data_dir))
+    if not os.path.exists(self.data_dir):
+      raise DataError(f"config.data_dir={self.data_dir!r} does not exist; {FOLDER_LAYOUT}.")
+    if not os.path.isdir(self.data_dir):
+      raise DataError(f"config.data_dir={self.data_dir!r} is a file, not a directory;"
+                      f" {FOLDER_LAYOUT} (for an .npz file use dataset='npz').")
+    self._files = {split: self._split_files(split) for split in SPLITS}
+    logging.info("Checking %d train and %d test images under %s.", len(self._files["train"]),
+                 len(self._files["test"]), self.data_dir)
+    self._check_files(self._files["train"] + self._files["test"])
+    self.num_train_examples = len(self._files["train"])
+    self.num_eval_examples = _check_num_eval(
+        num_eval_examples, len(self._files["test"]), os.path.join(self.data_dir, "test"))
+    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
+
+  def _split_files(self, split: str) -> list[str]:
+    directory = os.path.join(self.data_dir, split)
+    if not os.path.isdir(directory):
+      present = sorted(os.listdir(self.data_dir))
+      shown = ", ".join(present[:_SHOWN_FILES]) + (", ..." if len(present) > _SHOWN_FILES else "")
+      raise DataError(f"{self.data_dir} has no {split}/ subdirectory (it holds:"
+                      f" {shown or 'nothing'}); {FOLDER_LAYOUT}.")
+    paths = find_images(directory)
+    if not paths:
+      raise DataError(f"{directory} holds no .png/.jpg/.jpeg images; {FOLDER_LAYOUT}.")
+    return paths
+
+  @staticmethod
+  def _check_files(paths: Sequence[str]) -> None:
+    problems = [(path, problem) for path, problem in zip(paths, _pool().map(_open_problem, paths))
+                if problem is not None]
+    if problems:
+      shown = "; ".join(f"{path} ({problem})" for path, problem in problems[:_SHOWN_FILES])
+      more = f"; and {len(problems) - _SHOWN_FILES} more" if len(problems) > _SHOWN_FILES else ""
+      raise DataError(f"{len(problems)} image file(s) cannot be opened: {shown}{more}."
+                      " Remove or replace them, then restart.")
+
+  def files(self, split: str) -> tuple[str, ...]:
+    """The image paths of `split` ('train' or 'test'), in index order."""
+    return tuple(self._files[split])
+
+  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    paths = [self._files[split][int(i)] for i in indices]
+    decode = functools.partial(load_image, image_size=self.image_size)
+    return image_ops.to_unit_float(np.stack(list(_pool().map(decode, paths))))
+
+
+# --- 'npz': arrays in one file ---------------------------------------------
+
+
+def _checked_images(path: str, name: str, images: np.ndarray) -> np.ndarray:
+  """`images` checked: (N, H, W, 3) or (N, H, W) (from (N, H, W, 1)), uint8 or float in [0, 1]."""
+  where = f"{path}[{name!r}]"
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
+    raise DataError(f"{where} has shape {images.shape}; expected (N, H, W, 3) RGB or"
+                    f" (N, H, W) greyscale images. {NPZ_LAYOUT}.")
+  if 0 in images.shape:
+    raise DataError(f"{where} holds no images (shape {images.shape}). {NPZ_LAYOUT}.")
+  if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+    raise DataError(
+        f"{where} has dtype {images.dtype}; expected uint8 (0..255) or float (0..1)."
+        " If it holds integers 0..255, store images.astype(np.uint8).")
+  if np.issubdtype(images.dtype, np.floating):
+    low, high = float(images.min()), float(images.max())  # NaN propagates to both.
+    if not (0.0 <= low and high <= 1.0):
+      raise DataError(
+          f"{where} is {images.dtype} with values in [{low}, {high}]; float images must lie"
+          " in [0, 1] (no NaN): divide 0..255 values by 255, or store them as uint8.")
+  return images
+
+
+class NpzDataset(_ShuffledSplits):
+  """Arrays 'train' and 'test' of an .npz file, held in memory, each image resized to a square."""
+
+  def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
+               num_eval_examples: int | None = None):
+    """Loads and checks both arrays.
+
+    Args:
+      data_dir: path of the .npz file (np.savez or np.savez_compressed).
+      image_size: side of the square images, >= MIN_IMAGE_SIZE; each image's
+        centred square is resized (down or up) to it.
+      seed: selects the per-epoch shuffles of the training split.
+      num_eval_examples: evaluate on the first this many test images; None
+        for all of them.
+
+    Raises:
+      DataError: a missing or unreadable file, or arrays of the wrong key,
+        shape, dtype or value range.
+      ValueError: bad image_size, seed or num_eval_examples.
+    """
+    self.image_size = _check_image_size(image_size)
+    self.image_shape = (self.image_size, self.image_size, 3)
+    self.seed = shuffling.check_int(seed, "seed")
+    if data_dir is None:
+      raise DataError(f"config.data_dir is not set; {NPZ_LAYOUT}.")
+    self.path = os.path.expanduser(os.fspath(data_dir))
+    if not os.path.exists(self.path):
+      raise DataError(f"config.data_dir={self.path!r} does not exist; {NPZ_LAYOUT}.")
+    if os.path.isdir(self.path):
+      raise DataError(f"config.data_dir={self.path!r} is a directory; {NPZ_LAYOUT}"
+                      " (for a folder of image files use dataset='folder').")
+    self._arrays = self._load()
+    self.num_train_examples = len(self._arrays["train"])
+    self.num_eval_examples = _check_num_eval(
+        num_eval_examples, len(self._arrays["test"]), f"{self.path}['test']")
+    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
+
+  def _load(self) -> dict[str, np.ndarray]:
+    try:
+      archive = np.load(self.path, allow_pickle=False)
+    except Exception as error:  # Not a zip, not an array, ...
+      raise DataError(f"Cannot read {self.path} as an .npz file ({type(error).__name__}:"
+                      f" {error}); {NPZ_LAYOUT}.") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise DataError(f"{self.path} holds a single array (.npy), not an .npz archive;"
+                      f" {NPZ_LAYOUT}.")
+    with archive:
+      missing = [name for name in SPLITS if name not in archive.files]
+      if missing:
+        raise DataError(f"{self.path} has no array {missing[0]!r} (it has"
+                        f" {sorted(archive.files)}); {NPZ_LAYOUT}.")
+      arrays = {}
+      for name in SPLITS:
+        try:
+          images = archive[name]
+        except Exception as error:  # Object arrays need pickle; a damaged member, zlib.
+          raise DataError(f"Cannot read {self.path}[{name!r}] ({type(error).__name__}:"
+                          f" {error}); {NPZ_LAYOUT}.") from error
+        arrays[name] = _checked_images(self.path, name, images)
+    return arrays
+
+  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    images = self._arrays[split][np.asarray(indices, np.int64)]
+    if images.ndim == 3:  # Greyscale.
+      images = np.repeat(images[..., None], 3, axis=-1)
+    if images.shape[1:3] != (self.image_size, self.image_size):
+      images = np.stack([image_ops.center_crop_resize(image, self.image_size) for image in images])
+    return image_ops.to_unit_float(images)
