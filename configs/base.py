@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # 0: evaluate only at the end.
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
-  config.parallelism = "shard_map"  # 'jit' (one device), 'pmap' or 'shard_map'.
+  config.parallelism = "shard_map"  # 'jit' (one device), 'pmap' or 'shard_map' (multi-process too).
+  # A step whose loss or gradients are NaN/inf is never applied; 'stop' then
+  # ends the run naming the step and term, 'skip' goes on and counts it.
+  config.nonfinite = "stop"
 
   config.model = ml_collections.ConfigDict()
   config.model.channels = (32, 64)

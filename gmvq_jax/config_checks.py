@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import jax
 import ml_collections
 
 from gmvq_jax import data
+from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.models import networks
@@ -69,6 +71,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "method", METHODS)
   _choice(config, "dataset", data.DATASET_NAMES)
   _choice(config, "parallelism", parallel.MODES)
+  if jax.process_count() > 1:
+    _require(config.parallelism == "shard_map", "parallelism", config.parallelism,
+             f"this run has {jax.process_count()} processes and only 'shard_map' spans"
+             " processes; use --config.parallelism=shard_map")
+  _choice(config, "nonfinite", faults.NONFINITE_MODES)
   _choice(config, "model.dtype", DTYPES)
 
   channels = _get(config, "model.channels")

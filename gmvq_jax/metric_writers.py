@@ -28,11 +28,17 @@ class MetricWriter:
   Args:
     workdir: directory of the run; created if absent.
     tensorboard: also write TensorBoard event files under workdir/tensorboard.
+    resume_step: a run resumed from the checkpoint at this step: records of
+      later steps (written after that checkpoint, before the run stopped) are
+      dropped, so the file holds one record per (step, split), as if the
+      run had never stopped. The file is rewritten through a rename.
   """
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(self.path):
+      _drop_records_after(self.path, resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
@@ -56,6 +62,25 @@ class MetricWriter:
     self._file.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] > step:
+        continue
+    except (ValueError, KeyError, TypeError):  # A torn last line of a killed run.
+      continue
+    kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) == len(lines):
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

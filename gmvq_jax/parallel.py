@@ -4,6 +4,11 @@ The step functions in train_lib are written once, with collectives over one
 named batch axis (`AXIS`). `Parallelism` compiles them for one device (plain
 jit, no axis), `jax.pmap`, or `jax.jit(jax.shard_map(...))` over a 1-D mesh,
 and moves states and batches to where each mode wants them.
+
+Multi-process runs (after `jax.distributed.initialize`) use shard_map over
+the mesh of every process's devices: each process passes only its own rows
+of the global batch (`put_batch`), and reads back its local copy of the
+replicated state and metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class Parallelism:
   @property
   def num_devices(self) -> int:
     return len(self.devices)
+
+  @property
+  def num_local_devices(self) -> int:
+    """Devices of this process (all of them in a single-process run)."""
+    return sum(d.process_index == jax.process_index() for d in self.devices)
 
   @property
   def axis_name(self) -> str | None:
@@ -78,43 +88,70 @@ class Parallelism:
     if self.mode == "pmap":  # A leading device axis, one slice per device.
       stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.num_devices), state)
       return jax.device_put(stacked, NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+    replicated = NamedSharding(self.mesh, P())
+    # From a callback, so that each process fills only its own devices (every
+    # process holds the same host copy).
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), replicated,
+                                               lambda index, x=x: np.asarray(x)[index]),
+        state)
 
   def get_state(self, state: Any) -> Any:
-    """One copy of a placed state (pmap: the first device's)."""
+    """One copy of a placed state (pmap: the first device's), e.g. to checkpoint.
+
+    Under shard_map the replicated global arrays themselves: in a
+    multi-process run every process passes them to Orbax together.
+    """
     if self.mode == "pmap":  # The first device's slice, without a cross-device gather.
       return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:]), state)
     return state
 
+  def local_state(self, state: Any) -> Any:
+    """This process's host copy of a placed (replicated) state, e.g. to evaluate."""
+    return jax.tree.map(self._first_copy, state)
+
   def put_batch(self, batch: np.ndarray) -> jax.Array:
-    """Splits a global host batch (B, ...) along B over the devices."""
-    if batch.shape[0] % self.num_devices:
-      raise ValueError(
-          f"Global batch {batch.shape[0]} does not divide by {self.num_devices} devices.")
+    """Places this process's rows (B_local, ...) of the global batch, split over devices.
+
+    In a single-process run the rows are the whole global batch; in a
+    multi-process run process p passes rows [p B_local, (p+1) B_local).
+    """
+    if batch.shape[0] % self.num_local_devices:
+      raise ValueError(f"This process's batch of {batch.shape[0]} does not divide by its"
+                       f" {self.num_local_devices} devices.")
     if self.mode == "jit":
       return jax.device_put(batch, self.devices[0])
     if self.mode == "pmap":
       local = batch.reshape((self.num_devices, -1) + batch.shape[1:])
       return jax.device_put(local, NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(batch, NamedSharding(self.mesh, P(AXIS)))
+    global_shape = (batch.shape[0] * jax.process_count(),) + batch.shape[1:]
+    return jax.make_array_from_process_local_data(
+        NamedSharding(self.mesh, P(AXIS)), batch, global_shape)
 
   def get_metrics(self, metrics: Any) -> Any:
     """Host numpy copy of metrics (identical on every device after pmean)."""
-    metrics = jax.device_get(metrics)
-    if self.mode == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
-    return jax.tree.map(np.asarray, metrics)
+    return jax.tree.map(self._first_copy, metrics)
+
+  def _first_copy(self, x: jax.Array) -> np.ndarray:
+    """The first local device's copy of a replicated array, on the host."""
+    copy = np.asarray(x.addressable_data(0))
+    return copy.reshape(x.shape[1:]) if self.mode == "pmap" else copy
 
 
 def make(mode: str, devices: Sequence[Any] | None = None) -> Parallelism:
-  """A `Parallelism` over `devices` (default: all local devices).
+  """A `Parallelism` over `devices` (default: every device of every process).
 
   With a single device every mode compiles with plain jit: the collectives
   over one device are identities, so nothing changes but the overhead.
+  A multi-process run needs 'shard_map' (pmap and jit see one process).
   """
   if mode not in MODES:
     raise ValueError(f"parallelism={mode!r}; allowed: {MODES}.")
-  devices = tuple(jax.local_devices() if devices is None else devices)
+  if jax.process_count() > 1 and mode != "shard_map":
+    raise ValueError(
+        f"parallelism={mode!r} runs within one process, but this run has"
+        f" {jax.process_count()} processes; use --config.parallelism=shard_map.")
+  devices = tuple(jax.devices() if devices is None else devices)
   if mode == "jit" or len(devices) == 1:
     return Parallelism("jit", devices[:1])
   return Parallelism(mode, devices)

@@ -7,7 +7,6 @@ compiles the same function with jit, pmap or jit(shard_map).
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import os
@@ -25,10 +24,12 @@ import optax
 from gmvq_jax import checkpointing
 from gmvq_jax import config_checks
 from gmvq_jax import data
+from gmvq_jax import faults
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import parallel
+from gmvq_jax.data import pipeline
 from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
@@ -56,6 +57,8 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: BatchNorm running statistics.
     opt_state: optax state.
     quantizer_state: non-gradient quantizer state (None for GM-VQ).
+    skipped_steps: int32 scalar, steps whose update was skipped because a
+      loss term or gradient was not finite (see config.nonfinite).
     tx: the optax transformation (static).
   """
 
@@ -64,6 +67,7 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   quantizer_state: Any = None
+  skipped_steps: Array = None
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
 
 
@@ -153,7 +157,7 @@ def create_train_state(
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), quantizer_state=initial_quantizer_state(config),
-                    tx=tx)
+                    skipped_steps=jnp.zeros((), jnp.int32), tx=tx)
 
 
 def gq_codebook(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -208,7 +212,12 @@ def train_step(
     axis_name: named batch axis, or None on one device.
 
   Returns:
-    The new state and float32 scalar metrics, identical on every device.
+    The new state and float32 scalar metrics, identical on every device,
+    plus `metrics["nonfinite"]`: {term: bool} for the loss terms and the
+    gradients. A step with any of them set leaves the parameters, optimizer,
+    BatchNorm and quantizer state as they were (the step count still
+    advances, so the next batch is the next one) and counts itself in
+    `skipped_steps`.
   """
   model = build_model(config, axis_name)
   q = config.quantizer
@@ -249,6 +258,7 @@ def train_step(
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = common.pmean(terms, axis_name)
+  nonfinite = faults.nonfinite_flags(metrics, grads)
   metrics.update(learning_rate=learning_rate_schedule(config)(state.step),
                  grad_norm=optax.tree.norm(grads))
   quantizer_state = state.quantizer_state
@@ -273,8 +283,19 @@ def train_step(
     params, quantizer_state, update_metrics = methods.after_step(
         config, params, quantizer_state, z, indices, update_rng, axis_name=axis_name)
     metrics.update(update_metrics)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, quantizer_state=quantizer_state)
+  # A non-finite step changes nothing but the step count (exact select, so
+  # finite steps are bit-identical to an unguarded update).
+  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  skipped_steps = state.skipped_steps + (~finite).astype(jnp.int32)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+      quantizer_state=keep(quantizer_state, state.quantizer_state),
+      skipped_steps=skipped_steps)
+  metrics.update(skipped_steps=skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
   return new_state, metrics
 
 
@@ -406,75 +427,184 @@ def evaluate(
 # ---------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+class TrainingStopped(Exception):
+  """Training stopped early on request (a signal, or `stop_after_steps`), checkpoint saved.
+
+  Attributes:
+    step: the step of the saved checkpoint.
+    reason: e.g. 'SIGTERM', 'SIGINT' or 'stop_after_steps'.
+    workdir: the run's directory; rerunning with it resumes at `step`.
+  """
+
+  def __init__(self, step: int, reason: str, workdir: str):
+    super().__init__(
+        f"Stopped at step {step} ({reason}); the checkpoint is saved in"
+        f" {checkpointing.checkpoint_dir(workdir)}. Rerun the same command to resume.")
+    self.step, self.reason, self.workdir = step, reason, workdir
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    dataset: Any = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, float]:
   """Trains (or resumes) a run in `workdir`, then evaluates the test split.
 
   Checkpoints go to WORKDIR/checkpoints every `checkpoint_every_steps` and at
-  the end; a rerun with the same workdir resumes from the latest one.
-  Metrics go to WORKDIR/metrics.jsonl, TensorBoard files and the console.
+  the end, each with the config and the input pipeline's position; a rerun
+  with the same workdir resumes from the latest one and continues with
+  exactly the next batch (config fields that change what the state means may
+  not differ: see `checkpointing.check_resumable`). Metrics go to
+  WORKDIR/metrics.jsonl, TensorBoard files and the console, from process 0.
+
+  In a multi-process run (after `jax.distributed.initialize`) every process
+  calls this with the same arguments; each reads its own rows of every
+  global batch.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory (created if absent).
+    dataset: an `ImageDataset` to use instead of the one the config names
+      (e.g. arrays in a notebook); the config's dataset fields are then only
+      recorded.
+    stop_after_steps: take at most this many steps in this call, checkpoint
+      and raise `TrainingStopped` (e.g. to fit a job's time limit).
 
   Returns:
     The final evaluation figures.
+
+  Raises:
+    TrainingStopped: SIGTERM / SIGINT arrived, or `stop_after_steps` steps
+      were taken, before num_steps; the checkpoint of that step is saved.
+    faults.NonFiniteError: a step's loss term or gradient was NaN or
+      infinite and config.nonfinite is 'stop'; nothing after the last good
+      checkpoint is saved.
+    config_checks.ConfigError, checkpointing.CheckpointError,
+      NotADirectoryError, data errors: bad input, before any compilation.
   """
-  strategy = parallel.make(config.parallelism)
-  config_checks.validate(config, strategy.num_devices)
+  config_checks.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
-  logging.info("Devices: %s; parallelism: %s over %d device(s).",
-               jax.devices(), strategy.mode, strategy.num_devices)
-  dataset = data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
-                              data_dir=config.get("data_dir"),
-                              num_eval_examples=config.get("num_eval_examples"))
+    raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory (it is created"
+                             " if absent). The file was left untouched.")
+  strategy = parallel.make(config.parallelism)
+  primary = jax.process_index() == 0
+  logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
+               jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
+  if dataset is None:
+    dataset = data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
+                                data_dir=config.get("data_dir"),
+                                num_eval_examples=config.get("num_eval_examples"))
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
 
   manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
-  state = create_train_state(config, init_rng, dataset) if manager.latest_step() is None else None
-  if state is None:
+  latest = manager.latest_step()
+  if latest is None:
+    state = create_train_state(config, init_rng, dataset)
+  else:  # Everything a resume needs is checked before it is restored.
+    checkpointing.check_resumable(checkpointing.restore_config(workdir, latest), config, workdir)
+    pipeline.check_position(checkpointing.restore_data_position(manager, latest), dataset,
+                            latest, config.batch_size)
     target = jax.eval_shape(lambda: create_train_state_shapes(config, dataset))
-    state = checkpointing.restore_state(manager, target)
+    state = checkpointing.restore_state(manager, target, latest)
     state = state.replace(tx=make_optimizer(config))
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
+  end_step = config.num_steps
+  if stop_after_steps is not None:
+    end_step = min(end_step, start_step + stop_after_steps)
 
-  writer = metric_writers.MetricWriter(workdir)
+  writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if primary else None
   progress = metric_writers.Progress(config.num_steps, start_step)
   step_fn = strategy.compile_step(functools.partial(train_step, config=config))
   eval_fn = make_eval_fn(config)
   placed = strategy.put_state(state)
-  # train_batch is a pure function of the step, so the next batch is read on
-  # a host thread while the device runs the current step.
-  reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  read = functools.partial(dataset.train_batch, batch_size=config.batch_size)
-  next_batch = reader.submit(read, start_step)
-  for step in range(start_step, config.num_steps):
-    batch = strategy.put_batch(next_batch.result())
-    if step + 1 < config.num_steps:
-      next_batch = reader.submit(read, step + 1)
-    placed, step_metrics = step_fn(placed, batch, train_rng)
-    done = step + 1
-    if step == start_step:
-      jax.block_until_ready(step_metrics)
-      progress.start(done)
-    if done % config.log_every_steps == 0 or done == config.num_steps:
-      host_metrics = strategy.get_metrics(step_metrics)
-      writer.write(done, "train", host_metrics)
-      shown = PROGRESS_METRICS[methods.family(config)]
-      progress.report(done, {k: host_metrics[k] for k in shown})
-    if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
-      checkpointing.save(manager, done, strategy.get_state(placed), config)
-    if config.eval_every_steps and done % config.eval_every_steps == 0 and done < config.num_steps:
-      figures, _ = evaluate(config, strategy.get_state(placed), dataset, step_fn=eval_fn)
-      writer.write(done, "test", figures)
+  del state  # The compiled step donates the placed copy; keep no stale host copy.
+  batches = pipeline.TrainIterator(
+      dataset, config.batch_size, start_step=start_step, end_step=end_step,
+      shard=jax.process_index(), num_shards=jax.process_count(), put=strategy.put_batch)
+  stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
+  last_saved = latest
+  unchecked = None  # (step, flags) of a step whose non-finite flags are not yet read.
 
-  reader.shutdown()
-  final_state = strategy.get_state(placed)
+  def check_finite():
+    nonlocal unchecked
+    if unchecked is not None and stop_on_nonfinite:
+      bad_step, flags = unchecked
+      bad = faults.offending(jax.tree.map(bool, strategy.get_metrics(flags)))
+      if bad:
+        kept = (f"The last good checkpoint, step {last_saved}, is kept in"
+                f" {checkpointing.checkpoint_dir(workdir)}" if last_saved is not None
+                else "No checkpoint had been saved yet")
+        raise faults.NonFiniteError(
+            f"Training step {bad_step} produced non-finite values in: {', '.join(bad)}."
+            f" Training stopped without applying it. {kept}; nothing later was saved."
+            " Fixes: lower optimizer.peak_lr, set optimizer.grad_clip, check the input data;"
+            " or pass --config.nonfinite=skip to skip such steps (counted in the metrics as"
+            " skipped_steps).")
+    unchecked = None
+
+  def save(done):
+    nonlocal last_saved
+    check_finite()  # Never checkpoint a step that is not known to be finite.
+    checkpointing.save(manager, done, strategy.get_state(placed), config,
+                       pipeline.position(dataset, done, config.batch_size))
+    last_saved = done
+
+  stopped = None
+  try:
+    with faults.StopRequests() as stops:
+      for step in range(start_step, end_step):
+        placed, step_metrics = step_fn(placed, next(batches), train_rng)
+        done = step + 1
+        # The previous step's flags are read while this one runs: no stall.
+        check_finite()
+        unchecked = (done, step_metrics["nonfinite"])
+        if step == start_step:
+          jax.block_until_ready(step_metrics)
+          progress.start(done)
+        if done % config.log_every_steps == 0 or done == config.num_steps:
+          host_metrics = strategy.get_metrics(
+              {k: v for k, v in step_metrics.items() if k != "nonfinite"})
+          if primary:
+            writer.write(done, "train", host_metrics)
+            shown = PROGRESS_METRICS[methods.family(config)] + (
+                ("skipped_steps",) if host_metrics["skipped_steps"] else ())
+            progress.report(done, {k: host_metrics[k] for k in shown})
+        if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
+          save(done)
+        if stops.requested(done) or (done == end_step < config.num_steps):
+          stopped = stops.signal_name or "stop_after_steps"
+          if last_saved != done:
+            save(done)
+          break
+        if (config.eval_every_steps and done % config.eval_every_steps == 0
+            and done < config.num_steps):
+          figures, _ = evaluate(config, strategy.local_state(placed), dataset, step_fn=eval_fn)
+          if primary:
+            writer.write(done, "test", figures)
+      check_finite()
+  except BaseException:
+    if writer is not None:
+      writer.close()
+    raise
+  finally:
+    batches.close()
+    manager.close()
+  if stopped is not None:
+    if writer is not None:
+      writer.close()
+    raise TrainingStopped(last_saved, stopped, workdir)
+
+  final_state = strategy.local_state(placed)
   started = time.perf_counter()
   figures, _ = evaluate(config, final_state, dataset, step_fn=eval_fn)
   logging.info("Evaluation took %.1fs.", time.perf_counter() - started)
-  writer.write(int(final_state.step), "test", figures)
-  writer.close()
-  manager.close()
+  if primary:
+    writer.write(int(final_state.step), "test", figures)
+    writer.close()
   return figures
 
 
@@ -486,4 +616,5 @@ def create_train_state_shapes(config: ml_collections.ConfigDict, dataset: Any) -
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                    quantizer_state=initial_quantizer_state(config), tx=tx)
+                    quantizer_state=initial_quantizer_state(config),
+                    skipped_steps=jnp.zeros((), jnp.int32), tx=tx)

@@ -39,5 +39,13 @@ class RandomImages:
   def __init__(self, size=16):
     self.image_shape = (size, size, 3)
 
-  def train_batch(self, step, batch_size):
-    return np.random.default_rng(step).random((batch_size,) + self.image_shape, dtype=np.float32)
+  num_train_examples = None
+  seed = 0
+
+  def train_batch(self, step, batch_size, *, shard=0, num_shards=1):
+    batch = np.random.default_rng(step).random((batch_size,) + self.image_shape, dtype=np.float32)
+    rows = batch_size // num_shards
+    return batch[shard * rows:(shard + 1) * rows]
+
+  def position(self, step, batch_size):
+    return dict(examples_seen=step * batch_size, epoch=None, index_in_epoch=None)

@@ -1,0 +1,139 @@
+"""The training input pipeline: a resumable iterator with host and device prefetch.
+
+Every dataset serves `train_batch(step, batch_size, shard=, num_shards=)`, a
+pure function of (seed, step, global batch size), so the pipeline's whole
+state is the step of the next batch. `TrainIterator` walks those steps,
+reads this process's rows on a background thread, places them on the devices
+ahead of use, and reports its position for the checkpoint; a resumed run
+builds it at the restored step and continues with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+# Batches read and placed ahead of the one in use: one overlaps the step
+# that runs, the second absorbs jitter in read times.
+DEFAULT_PREFETCH = 2
+_POLL_SECONDS = 0.1
+
+
+class DataPositionError(ValueError):
+  """A checkpoint's data position does not match the dataset this run reads."""
+
+
+class TrainIterator:
+  """Training batches `start_step, ..., end_step - 1` of a dataset, read ahead.
+
+  Args:
+    dataset: an `ImageDataset`.
+    batch_size: the GLOBAL batch size.
+    start_step: the step of the first batch (the restored step on resume).
+    end_step: one past the last step to read.
+    shard: this process's index; it reads rows [shard b, (shard+1) b) of each
+      global batch, b = batch_size / num_shards.
+    num_shards: the number of processes.
+    put: places a host batch on the devices (e.g. `Parallelism.put_batch`);
+      runs on the reading thread, so the transfer overlaps the running step.
+    prefetch: batches kept ready ahead of use (>= 1).
+  """
+
+  def __init__(self, dataset: Any, batch_size: int, *, start_step: int, end_step: int,
+               shard: int = 0, num_shards: int = 1, put: Callable[[np.ndarray], Any] | None = None,
+               prefetch: int = DEFAULT_PREFETCH):
+    if prefetch < 1:
+      raise ValueError(f"prefetch must be >= 1, got {prefetch}.")
+    self._dataset = dataset
+    self._batch_size = batch_size
+    self._shard, self._num_shards = shard, num_shards
+    self._put = put or (lambda batch: batch)
+    self._next_step = start_step  # Of the batch the next __next__ returns.
+    self._end_step = end_step
+    self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(start_step,), daemon=True,
+                                    name="gmvq-input")
+    self._thread.start()
+
+  @property
+  def next_step(self) -> int:
+    """The step whose batch `__next__` returns next."""
+    return self._next_step
+
+  def position(self) -> dict:
+    """Where the pipeline continues: JSON-able, saved in each checkpoint."""
+    return position(self._dataset, self._next_step, self._batch_size)
+
+  def _fill(self, step: int) -> None:
+    try:
+      while step < self._end_step and not self._stop.is_set():
+        batch = self._dataset.train_batch(step, self._batch_size, shard=self._shard,
+                                          num_shards=self._num_shards)
+        item = (step, self._put(batch))
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=_POLL_SECONDS)
+            break
+          except queue.Full:
+            continue
+        step += 1
+    except BaseException as error:  # Re-raised in the consumer, with its traceback.
+      self._queue.put((None, error))
+
+  def __iter__(self) -> "TrainIterator":
+    return self
+
+  def __next__(self) -> Any:
+    if self._next_step >= self._end_step:
+      raise StopIteration
+    step, item = self._queue.get()
+    if step is None:
+      self.close()
+      raise item
+    assert step == self._next_step, (step, self._next_step)
+    self._next_step += 1
+    return item
+
+  def close(self) -> None:
+    """Stops the reading thread (pending batches are dropped)."""
+    self._stop.set()
+    self._thread.join()
+
+
+def position(dataset: Any, step: int, batch_size: int) -> dict:
+  """The data position of training step `step`: what a checkpoint at `step` records.
+
+  Returns:
+    dict(step, batch_size, seed, dataset position fields): `examples_seen`,
+    and for finite datasets the `epoch` and `index_in_epoch` of the next
+    example (see the datasets' `position`).
+  """
+  where = dict(dataset.position(step, batch_size))
+  return dict(step=int(step), batch_size=int(batch_size), seed=int(getattr(dataset, "seed", 0)),
+              num_train_examples=getattr(dataset, "num_train_examples", None), **where)
+
+
+def check_position(saved: dict | None, dataset: Any, step: int, batch_size: int) -> dict:
+  """Checks a checkpoint's data position against this run's dataset; returns it.
+
+  Raises:
+    DataPositionError: naming the fields that differ (e.g. the training
+      split changed size, so the shuffle order would not continue).
+  """
+  expected = position(dataset, step, batch_size)
+  if saved is None:  # Checkpoints from before positions were saved.
+    return expected
+  mismatched = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+  if mismatched:
+    details = ", ".join(f"{k}: checkpoint {old!r}, this run {new!r}"
+                        for k, (old, new) in mismatched.items())
+    raise DataPositionError(
+        f"The checkpoint at step {step} was reading a different input stream ({details}), so"
+        " the resumed run would not continue with the next batch. Restore the dataset the"
+        " run was started with (same data_dir, seed and batch_size), or train in a new"
+        " --workdir.")
+  return expected
