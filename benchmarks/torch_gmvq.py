@@ -200,7 +200,7 @@ class Trainer:
                adamw_impl: str = "default", flax_params: Mapping[str, Any] | None = None,
                seed: int = 0):
     q, opt = config.quantizer, config.optimizer
-    if q.objective != "albo" or q.latent_reg != "sampled" or config.model.dtype != "float32":
+    if q.objective != "albo" or q.latent_reg != "sampled" or config.dtype != "float32":
       raise NotImplementedError("The torch port covers objective='albo', latent_reg='sampled', float32.")
     torch.manual_seed(seed)
     self.config = config

@@ -30,11 +30,13 @@ def get_config() -> ml_collections.ConfigDict:
   # A step whose loss or gradients are NaN/inf is never applied; 'stop' then
   # ends the run naming the step and term, 'skip' goes on and counts it.
   config.nonfinite = "stop"
+  # Precision of the networks' computation: 'float32' or 'bfloat16'. Parameters,
+  # optimizer state, the quantizers' math and the losses stay float32.
+  config.dtype = "float32"
 
   config.model = ml_collections.ConfigDict()
   config.model.channels = (32, 64)
   config.model.num_res_blocks = 2
-  config.model.dtype = "float32"  # Or 'bfloat16'; quantizer math stays float32.
 
   # GM-VQ's fields and defaults (gmvq_jax/methods.py documents every method's).
   config.quantizer = methods.quantizer_config("gmvq", num_codes=1024, latent_dim=64)

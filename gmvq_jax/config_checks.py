@@ -76,7 +76,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
              f"this run has {jax.process_count()} processes and only 'shard_map' spans"
              " processes; use --config.parallelism=shard_map")
   _choice(config, "nonfinite", faults.NONFINITE_MODES)
-  _choice(config, "model.dtype", DTYPES)
+  _choice(config, "dtype", DTYPES)
+  _require("dtype" not in config.model, "model.dtype", config.model.get("dtype"),
+           "the precision is set by config.dtype (model.dtype is only read from configs saved"
+           " by older versions); use --config.dtype")
 
   channels = _get(config, "model.channels")
   _require(isinstance(channels, (tuple, list)) and len(channels) >= 1

@@ -79,7 +79,7 @@ def build_model(config: ml_collections.ConfigDict, axis_name: Any = None) -> nn.
   q = config.quantizer
   networks = dict(channels=tuple(config.model.channels),
                   num_res_blocks=config.model.num_res_blocks, axis_name=axis_name,
-                  dtype=jnp.dtype(config.model.dtype))
+                  dtype=compute_dtype(config))
   kind = methods.family(config)
   if kind == "gq":
     return autoencoder.GaussianAutoencoder(latent_channels=q.latent_channels, **networks)
@@ -90,6 +90,12 @@ def build_model(config: ml_collections.ConfigDict, axis_name: Any = None) -> nn.
         init_quantizer_params=methods.init_quantizer_params(config), **networks)
   return autoencoder.GMVQAutoencoder(
       num_codes=q.num_codes, latent_dim=q.latent_dim, sigma_z2=q.sigma_z2, **networks)
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The networks' compute dtype: config.dtype (configs saved before it: model.dtype)."""
+  name = config.get("dtype") or config.model.get("dtype") or "float32"
+  return jnp.dtype(name)
 
 
 def initial_quantizer_state(config: ml_collections.ConfigDict) -> Any:

@@ -86,7 +86,7 @@ class TrainStepTest(parameterized.TestCase):
     self.assertTrue(all(jax.tree.leaves(changed)))
 
   def test_bfloat16_networks_train(self):
-    config = tiny_configs.tiny_config(**{"model.dtype": "bfloat16"})
+    config = tiny_configs.tiny_config(dtype="bfloat16")
     state = train_lib.create_train_state(config, jax.random.key(0), self.dataset)
     step_fn = jax.jit(lambda s, x, r: train_lib.train_step(s, x, r, config=config))
     for step in range(2):
