@@ -1,0 +1,68 @@
+"""The training input pipeline: TrainIterator order, sharding, placement, errors, positions."""
+
+from absl.testing import absltest
+import numpy as np
+
+from gmvq_jax import data
+from gmvq_jax.data import pipeline
+import tiny_configs
+
+
+class _Failing(tiny_configs.RandomImages):
+
+  def train_batch(self, step, batch_size, **shards):
+    if step == 2:
+      raise OSError("disk gone")
+    return super().train_batch(step, batch_size, **shards)
+
+
+class TrainIteratorTest(absltest.TestCase):
+
+  def test_yields_the_steps_batches_in_order_then_stops(self):
+    dataset = data.make_dataset("embedded", image_size=16, seed=3, num_eval_examples=8)
+    batches = pipeline.TrainIterator(dataset, 8, start_step=5, end_step=9, prefetch=2)
+    got = list(batches)
+    self.assertLen(got, 4)
+    for step, batch in zip(range(5, 9), got):
+      np.testing.assert_array_equal(batch, dataset.train_batch(step, 8))
+    self.assertEqual(batches.next_step, 9)
+    self.assertEqual(batches.position()["examples_seen"], 9 * 8)
+    batches.close()
+
+  def test_each_shard_reads_its_rows_and_put_runs_on_them(self):
+    dataset = tiny_configs.RandomImages()
+    placed = []
+    shards = [pipeline.TrainIterator(dataset, 8, start_step=0, end_step=2, shard=i,
+                                     num_shards=2, put=lambda b: placed.append(b.shape) or b)
+              for i in range(2)]
+    for step in range(2):
+      rows = np.concatenate([next(s) for s in shards])
+      np.testing.assert_array_equal(rows, dataset.train_batch(step, 8))
+    self.assertEqual(set(placed), {(4, 16, 16, 3)})
+    for s in shards:
+      s.close()
+
+  def test_a_reading_error_reaches_the_training_loop(self):
+    batches = pipeline.TrainIterator(_Failing(), 8, start_step=0, end_step=5)
+    next(batches), next(batches)
+    with self.assertRaisesRegex(OSError, "disk gone"):
+      next(batches)
+
+  def test_close_stops_a_reader_blocked_on_a_full_queue(self):
+    batches = pipeline.TrainIterator(tiny_configs.RandomImages(), 8, start_step=0,
+                                     end_step=10**6, prefetch=1)
+    next(batches)
+    batches.close()  # Returns: the thread sees the stop event while waiting.
+    self.assertFalse(batches._thread.is_alive())
+
+  def test_position_check_names_what_differs(self):
+    dataset = data.make_dataset("embedded", image_size=16, seed=0, num_eval_examples=8)
+    saved = pipeline.position(dataset, 4, 8)
+    self.assertEqual(pipeline.check_position(saved, dataset, 4, 8), saved)
+    self.assertEqual(pipeline.check_position(None, dataset, 4, 8), saved)  # Older checkpoints.
+    with self.assertRaisesRegex(pipeline.DataPositionError, "batch_size: checkpoint 8, this run 16"):
+      pipeline.check_position(saved, dataset, 4, 16)
+
+
+if __name__ == "__main__":
+  absltest.main()
