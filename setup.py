@@ -36,7 +36,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient/nbformat/ipykernel: tests/test_notebook.py executes the quickstart notebook.
-        "test": ["pytest>=8", "absl-py>=2.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "absl-py>=2.5", "nbclient>=0.10", "nbformat>=5.9",
+                 "ipykernel>=6.29"],
         "bench": ["torch==2.13.0"],
         # `python -m launch.prepare_data` builds TFDS datasets (reading needs neither):
         # importlib_resources is a TFDS build dependency its wheel does not declare.
