@@ -6,9 +6,12 @@ collectives); the reference is one process with 4 devices.
 """
 
 import os
+import re
 import shutil
+import signal
 import socket
 import tempfile
+import time
 
 from absl.testing import absltest
 import chex
@@ -82,6 +85,45 @@ class TwoProcessTest(absltest.TestCase):
                                 rtol=1e-4)
     chex.assert_trees_all_close(state_multi.batch_stats, state_single.batch_stats, atol=1e-5,
                                 rtol=1e-4)
+
+
+class TwoProcessPreemptionTest(absltest.TestCase):
+
+  def test_sigterm_to_one_process_stops_both_at_the_same_step(self):
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    workdir = os.path.join(root, "run")
+    address = f"127.0.0.1:{_free_port()}"
+    logs = [open(os.path.join(root, f"process{i}.log"), "w+") for i in range(2)]
+    processes = [
+        launch_utils.start([*launch_utils.TINY_FLAGS, "--config.num_steps=100000",
+                            "--config.checkpoint_every_steps=100000", f"--workdir={workdir}",
+                            f"--coordinator_address={address}", "--num_processes=2",
+                            f"--process_id={i}"], num_devices=2, log=logs[i])
+        for i in range(2)]
+    for process in processes:
+      self.addCleanup(process.kill)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+      if os.path.exists(metrics) and len(metric_writers.read_metrics(workdir)) >= 2:
+        break
+      time.sleep(0.2)
+    self.assertTrue(all(p.poll() is None for p in processes), "a process ended early")
+    processes[1].send_signal(signal.SIGTERM)  # Only the second process is told.
+    outputs = []
+    for process, log in zip(processes, logs):
+      process.wait(timeout=60)
+      log.seek(0)
+      outputs.append(log.read())
+      self.assertEqual(process.returncode, 0, outputs[-1][-5000:])
+    stopped = [re.search(r"Stopped at step (\d+) \((\w+)\)", out) for out in outputs]
+    self.assertTrue(all(stopped), outputs[0][-3000:])
+    steps = {int(match.group(1)) for match in stopped}
+    self.assertLen(steps, 1)  # The same step on both processes.
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    self.assertEqual(manager.latest_step(), steps.pop())
+    manager.close()
 
 
 class FlagTest(absltest.TestCase):
