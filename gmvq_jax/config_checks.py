@@ -132,7 +132,9 @@ def _validate_gq(config) -> None:
            " consecutive channels)")
   _int_at_least(config, "quantizer.log2_codebook_size", 1, " (K = 2^log2_codebook_size >= 2)")
   _number(config, "quantizer.tolerance", minimum=0.0, strict=True)
-  _number(config, "quantizer.factor", minimum=1.0, strict=True)
+  # factor == 1 freezes the multipliers at 1: a plain Gaussian VAE whose KL
+  # weight is kl_weight (the GQ paper's baseline, experiments/tdc_spread.py).
+  _number(config, "quantizer.factor", minimum=1.0)
   _number(config, "quantizer.kl_weight", minimum=0.0)
   _int_at_least(config, "quantizer.codebook_seed", 0)
   _choice(config, "quantizer.codebook_sampler", gq.SAMPLERS)

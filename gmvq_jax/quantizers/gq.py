@@ -77,9 +77,11 @@ class TDCState(NamedTuple):
 
 
 def init_tdc_state() -> TDCState:
-  """All three multipliers start at 1.0 (ALGORITHMS.md §2)."""
-  one = jnp.ones((), jnp.float32)
-  return TDCState(lam=one, lam_min=one, lam_max=one)
+  """All three multipliers start at 1.0 (ALGORITHMS.md §2).
+
+  Three distinct arrays, so a step that donates its state can donate each.
+  """
+  return TDCState(*(jnp.ones((), jnp.float32) for _ in range(3)))
 
 
 def _tolerance_side(kl: Array, log2_codebook_size: Any, tolerance: Any) -> tuple[Array, Array]:
@@ -165,7 +167,8 @@ def tdc_update(state: TDCState, kl_bits: Array, *, log2_codebook_size: Any,
     kl_bits: (...) KL of each token in bits, this device's shard.
     log2_codebook_size: T = log2 K.
     tolerance: alpha.
-    factor: f > 1.
+    factor: f >= 1; f = 1 keeps every multiplier at its value (1 from
+      `init_tdc_state`): a plain Gaussian VAE, the TDC's baseline.
     axis_name: the named batch axis; statistics are then global over
       devices, so every device computes the same new state. None on one device.
 
