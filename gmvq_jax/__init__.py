@@ -1,0 +1,1 @@
+"""gmvq_jax: probabilistic vector quantization of images (GM-VQ, GQ, baselines) in JAX/Flax."""

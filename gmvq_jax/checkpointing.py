@@ -32,6 +32,7 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints as an absolute path (Orbax wants absolute paths)."""
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
@@ -72,6 +73,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
+  """The newest complete checkpoint's step, or None when there is none."""
   return manager.latest_step()
 
 

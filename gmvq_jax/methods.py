@@ -97,6 +97,7 @@ def get(name: str) -> Method:
 
 
 def family(config: ml_collections.ConfigDict) -> str:
+  """The family of config.method: 'gmvq', 'gq', or a baseline family (BASELINE_FAMILIES)."""
   return get(config.method).family
 
 
@@ -169,6 +170,7 @@ def codebook_size(config: ml_collections.ConfigDict) -> int:
 
 
 def tokens_per_position(config: ml_collections.ConfigDict) -> int:
+  """Tokens per latent position: c / m for GQ (groups of m channels), else 1."""
   q = config.quantizer
   return q.latent_channels // q.group_size if family(config) == "gq" else 1
 

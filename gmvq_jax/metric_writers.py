@@ -47,6 +47,7 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, figures: Mapping[str, object]) -> None:
+    """Appends one record {step, split, **figures} (arrays become lists) and flushes."""
     record = {"step": int(step), "split": split}
     record.update({k: _to_python(v) for k, v in figures.items()})
     self._file.write(json.dumps(record) + "\n")
@@ -59,6 +60,7 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Closes metrics.jsonl and the TensorBoard writer."""
     self._file.close()
     if self._tb is not None:
       self._tb.close()
@@ -104,6 +106,7 @@ class Progress:
     self._start_time = time.perf_counter()
 
   def report(self, step: int, figures: Mapping[str, float]) -> str:
+    """Prints and returns `step S/N name=value ... | R steps/s | ETA h:mm:ss`."""
     rate = float("nan")
     if self._start_time is not None and step > self._start_step:
       rate = (step - self._start_step) / (time.perf_counter() - self._start_time)

@@ -39,6 +39,7 @@ class Parallelism:
 
   @property
   def num_devices(self) -> int:
+    """Devices the global batch is split over (of every process)."""
     return len(self.devices)
 
   @property
@@ -53,6 +54,7 @@ class Parallelism:
 
   @functools.cached_property
   def mesh(self) -> Mesh:
+    """The 1-D device mesh with the batch axis AXIS."""
     return Mesh(np.asarray(self.devices), (AXIS,))
 
   def compile_step(self, step_fn: Callable, *, donate_state: bool = True) -> Callable:

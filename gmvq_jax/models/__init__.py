@@ -1,0 +1,1 @@
+"""Flax modules: the ResNet encoder/decoder and the autoencoders around the quantizers."""

@@ -144,6 +144,7 @@ class GaussianAutoencoder(nn.Module):
     return mu, jnp.clip(logvar, gq.LOGVAR_MIN, gq.LOGVAR_MAX)
 
   def decode(self, z: jax.Array, train: bool) -> jax.Array:
+    """Latents (B, h, w, c) -> images (B, H, W, 3) in (0, 1)."""
     return self.decoder(z, train)
 
   def __call__(
@@ -210,6 +211,7 @@ class BaselineAutoencoder(nn.Module):
     return self.encoder(images, train).astype(jnp.float32)
 
   def decode(self, z: jax.Array, train: bool) -> jax.Array:
+    """Latents (B, h, w, c) -> images (B, H, W, 3) in (0, 1)."""
     return self.decoder(z, train)
 
   def __call__(
