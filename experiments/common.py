@@ -1,0 +1,357 @@
+"""What the experiment scripts share: result files, in-memory training runs, sweeps, GQ rates.
+
+Every script writes `<name>.json` (its numbers, settings and the command that
+made them) and `<name>.png` into `--output_dir`, each through a temporary
+file and a rename.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from matplotlib import figure as mpl_figure
+import ml_collections
+import numpy as np
+
+from gmvq_jax import config_checks
+from gmvq_jax import data
+from gmvq_jax import evaluation
+from gmvq_jax import metrics as metrics_lib
+from gmvq_jax import train_lib
+from gmvq_jax.quantizers import gq
+
+# Levels of the reported spread of per-token KL bits, in percent.
+SPREAD_LEVELS = (1, 5, 50, 95, 99)
+
+
+def command_line() -> str:
+  """How this process was started, as a shell command (`python -m experiments.x --flag=...`)."""
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  program = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+  return " ".join([program] + [shlex.quote(arg) for arg in sys.argv[1:]])
+
+
+def write_json(output_dir: str, name: str, payload: dict) -> str:
+  """Writes `output_dir/name.json` (created if absent) atomically; returns its path."""
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, f"{name}.json")
+  evaluation.write_json(path, payload)
+  return path
+
+
+def new_figure(num_axes: int = 1, *, figsize: tuple[float, float] = (9.0, 4.2)):
+  """(figure, axes): a matplotlib Figure off pyplot, so no backend or display is touched.
+
+  `axes` is one Axes when `num_axes == 1`, else an array of them in a row.
+  """
+  figure = mpl_figure.Figure(figsize=figsize)
+  return figure, figure.subplots(1, num_axes)
+
+
+def save_figure(figure: Any, output_dir: str, name: str) -> str:
+  """Saves a matplotlib figure as `output_dir/name.png` atomically; returns the path."""
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, f"{name}.png")
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  figure.savefig(tmp, dpi=120, bbox_inches="tight")
+  os.replace(tmp, path)
+  return path
+
+
+def spread(values: np.ndarray) -> dict[str, float]:
+  """min, p1, p5, median (p50), p95, p99, max and mean of a set of numbers."""
+  values = np.asarray(values, np.float64).ravel()
+  figures = dict(min=float(values.min()))
+  for level in SPREAD_LEVELS:
+    figures[f"p{level}"] = float(np.percentile(values, level))
+  figures.update(max=float(values.max()), mean=float(values.mean()))
+  return figures
+
+
+class Stopwatch:
+  """Wall-clock seconds since construction."""
+
+  def __init__(self):
+    self._start = time.perf_counter()
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._start
+
+
+# ------------------------------------------------------------ runs, in memory
+
+
+def make_step_fn(config: ml_collections.ConfigDict):
+  """`train_lib.train_step` jitted for one device. Reusable across configs that differ
+  only in `seed` (the step reads the key it is given, not config.seed)."""
+  return jax.jit(functools.partial(train_lib.train_step, config=config))
+
+
+def train_in_memory(config: ml_collections.ConfigDict, *, log_every: int = 0,
+                    dataset: Any = None,
+                    step_fn: Any = None) -> tuple[train_lib.TrainState, list[dict], Any]:
+  """Trains a config on one device with `train_lib.train_step`; no checkpoints, no workdir.
+
+  The same compiled step as `train_lib.train_and_evaluate`, without its
+  checkpoints and files. A GQ config with `quantizer.factor = 1.0` keeps
+  the TDC multipliers at 1 (x * 1.0 == x exactly), so every token weight
+  is 1 and the loss is a plain Gaussian VAE's, recon + kl_weight * (sum of
+  KL bits per image).
+
+  Args:
+    config: a training config (any method).
+    log_every: record the step's metrics every this many steps (0: never).
+    dataset: from `data.make_dataset`; made from the config when None.
+    step_fn: a `make_step_fn` of an equal config (but for the seed), to skip a compile.
+
+  Returns:
+    (final state, [{'step': s, metric: value, ...}, ...], dataset).
+  """
+  config_checks.validate(config, num_devices=1)
+  if dataset is None:
+    dataset = make_dataset(config)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = train_lib.create_train_state(config, init_rng, dataset)
+  step_fn = step_fn or make_step_fn(config)
+  history = []
+  clock = Stopwatch()
+  for step in range(config.num_steps):
+    images = dataset.train_batch(step, config.batch_size)
+    state, step_metrics = step_fn(state, images, train_rng)
+    done = step + 1
+    if log_every and (done % log_every == 0 or done == config.num_steps):
+      history.append(dict(step=done, seconds=clock.seconds(),
+                          **flat_floats(jax.device_get(step_metrics))))
+  return state, history, dataset
+
+
+def flat_floats(tree: dict, prefix: str = "") -> dict[str, float]:
+  """{'a': {'b': x}} -> {'a/b': float(x)}: scalar metrics, nested or not."""
+  flat = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flat_floats(value, f"{prefix}{name}/"))
+    else:
+      flat[f"{prefix}{name}"] = float(np.asarray(value))
+  return flat
+
+
+def _posterior_entropy_step(state, images, mask, *, config):
+  model = train_lib.build_model(config)
+  _, _, aux = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                          train=False)
+  probs = aux["probs"]  # (B * h * w, C) q(c|x) of every latent vector.
+  vector_mask = jnp.repeat(mask, probs.shape[0] // images.shape[0])
+  return jnp.sum(metrics_lib.entropy(probs) * vector_mask), jnp.sum(vector_mask)
+
+
+def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], *,
+          log_every: int = 0, log: Any = print) -> list[dict]:
+  """Trains every variant with every seed in memory and scores the test split.
+
+  One compile per variant (the seeds reuse it). GM-VQ runs also get the
+  mean entropy of the conditional posterior q(c|x) over the test vectors.
+
+  Args:
+    variants: label -> config.
+    seeds: the seeds each variant runs with.
+    log_every: also keep the training metrics every this many steps.
+    log: called with one line per finished run.
+
+  Returns:
+    One record per run: label, seed, the evaluation figures (train_lib.evaluate),
+    `posterior_entropy` (nats, GM-VQ), `history`, `wall_seconds`.
+  """
+  records = []
+  for label, config in variants.items():
+    step_fn, eval_fn = make_step_fn(config), train_lib.make_eval_fn(config)
+    entropy_fn = jax.jit(functools.partial(_posterior_entropy_step, config=config))
+    dataset = make_dataset(config)
+    for seed in seeds:
+      clock = Stopwatch()
+      run_config = config.copy_and_resolve_references()
+      run_config.seed = int(seed)
+      state, history, _ = train_in_memory(run_config, log_every=log_every, dataset=dataset,
+                                          step_fn=step_fn)
+      figures, _ = train_lib.evaluate(run_config, state, dataset, step_fn=eval_fn)
+      record = dict(label=label, seed=int(seed), **figures)
+      if run_config.method == "gmvq":
+        record["posterior_entropy"] = posterior_entropy(run_config, state, dataset,
+                                                        step_fn=entropy_fn)
+      record.update(history=history, wall_seconds=clock.seconds())
+      records.append(record)
+      log(f"{label} seed {seed}: " + ", ".join(
+          f"{k} {record[k]:.4g}" for k in ("mse", "perplexity", "hard_perplexity", "code_usage",
+                                          "posterior_entropy") if k in record)
+          + f" ({record['wall_seconds']:.0f}s)")
+  return records
+
+
+def posterior_entropy(config: ml_collections.ConfigDict, state: train_lib.TrainState,
+                      dataset: Any, *, step_fn: Any = None) -> float:
+  """Mean entropy (nats) of GM-VQ's q(c|x) over every latent vector of the test split."""
+  step_fn = step_fn or jax.jit(functools.partial(_posterior_entropy_step, config=config))
+  batch_size = config.eval_batch_size
+  total = count = 0.0
+  for images in dataset.eval_batches(batch_size):
+    real = images.shape[0]
+    mask = (np.arange(batch_size) < real).astype(np.float32)
+    if real < batch_size:
+      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
+                                                images.dtype)])
+    batch_total, batch_count = jax.device_get(step_fn(state, images, mask))
+    total += float(batch_total)
+    count += float(batch_count)
+  return total / max(count, 1.0)
+
+
+def make_dataset(config: ml_collections.ConfigDict) -> Any:
+  """The dataset a training config names (as train_lib builds it)."""
+  return data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
+                           data_dir=config.get("data_dir"),
+                           num_eval_examples=config.get("num_eval_examples"))
+
+
+def _gaussian_test_step(state, images, *, config):
+  model = train_lib.build_model(config)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  reconstructions = model.apply(variables, mu, False, method=model.decode)
+  squared = jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3))
+  return (gq.kl_bits(mu, logvar, config.quantizer.group_size), gq.kl_bits(mu, logvar, 1),
+          squared)
+
+
+def gaussian_test_rates(config: ml_collections.ConfigDict, state: train_lib.TrainState,
+                        dataset: Any) -> tuple[np.ndarray, np.ndarray, float]:
+  """KL bits of every test image's posterior, per token and per channel, and the means' PSNR.
+
+  Returns:
+    (token_bits (N, h, w, c/m), channel_bits (N, h, w, c), psnr in dB of the
+    images decoded from the posterior means).
+  """
+  step_fn = jax.jit(functools.partial(_gaussian_test_step, config=config))
+  tokens, channels, squared, values = [], [], 0.0, 0
+  batch_size = config.eval_batch_size
+  for images in dataset.eval_batches(batch_size):
+    real = images.shape[0]
+    if real < batch_size:  # One shape for every call: one compile.
+      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
+                                                images.dtype)])
+    token_bits, channel_bits, batch_squared = jax.device_get(step_fn(state, images))
+    tokens.append(np.asarray(token_bits[:real]))
+    channels.append(np.asarray(channel_bits[:real]))
+    squared += float(np.sum(batch_squared[:real], dtype=np.float64))
+    values += real * int(np.prod(images.shape[1:]))
+  return (np.concatenate(tokens), np.concatenate(channels),
+          float(metrics_lib.psnr(squared / values)))
+
+
+def tokens_psnr(config: ml_collections.ConfigDict, state: train_lib.TrainState, dataset: Any,
+                *, log2_codebook_size: int | None = None, beta: float | None = None) -> dict:
+  """GQ's offline conversion of the test split, in memory: PSNR from tokens and codebook use.
+
+  Args:
+    config, state, dataset: a trained GQ model.
+    log2_codebook_size: K = 2^this codewords; default the config's.
+    beta: the quantization rule's prior weight; default the config's.
+
+  Returns:
+    psnr_vq, psnr_gaussian (dB), code_usage and token_perplexity.
+  """
+  from gmvq_jax import conversion  # pylint: disable=g-import-not-at-top
+
+  q = config.quantizer
+  log2_k = q.log2_codebook_size if log2_codebook_size is None else log2_codebook_size
+  beta = q.beta if beta is None else beta
+  codebook = jnp.asarray(gq.sample_codebook(q.codebook_seed, 2**log2_k, q.group_size,
+                                            q.codebook_sampler))
+  step_fn = jax.jit(functools.partial(conversion.convert_batch, config=config))
+  batch_size = config.eval_batch_size
+  sq_gaussian = sq_vq = 0.0
+  values, tokens = 0, []
+  for images in dataset.eval_batches(batch_size):
+    real = images.shape[0]
+    if real < batch_size:
+      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
+                                                images.dtype)])
+    out = jax.device_get(step_fn(state, images, codebook, jnp.float32(beta)))
+    sq_gaussian += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
+    sq_vq += float(np.sum(out["squared_vq"][:real], dtype=np.float64))
+    values += real * int(np.prod(images.shape[1:]))
+    tokens.append(np.asarray(out["tokens"][:real]).ravel())
+  counts = np.bincount(np.concatenate(tokens), minlength=2**log2_k)
+  return dict(psnr_vq=float(metrics_lib.psnr(sq_vq / values)),
+              psnr_gaussian=float(metrics_lib.psnr(sq_gaussian / values)),
+              code_usage=float(metrics_lib.code_usage(counts)),
+              token_perplexity=float(metrics_lib.hard_perplexity(counts)))
+
+
+def as_jsonable(value: Any) -> Any:
+  """Config values and numpy scalars as plain JSON types."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return json.loads(value.to_json_best_effort())
+  if isinstance(value, (np.generic,)):
+    return value.item()
+  if isinstance(value, (tuple, list)):
+    return [as_jsonable(v) for v in value]
+  return value
+
+
+def histogram_edges(samples: Sequence[np.ndarray], bin_width: float) -> np.ndarray:
+  """Common bin edges of width `bin_width` covering every sample set."""
+  low = min(float(np.min(s)) for s in samples)
+  high = max(float(np.max(s)) for s in samples)
+  start = np.floor(low / bin_width) * bin_width
+  return np.arange(start, high + bin_width, bin_width)
+
+
+def summarize_sweep(records: list[dict], metrics: Sequence[str]) -> dict[str, dict]:
+  """label -> {metric: {'mean', 'std', 'values'}} over the seeds of each label."""
+  summary: dict[str, dict] = {}
+  for record in records:
+    per_label = summary.setdefault(record["label"], {})
+    for metric in metrics:
+      per_label.setdefault(metric, dict(values=[]))["values"].append(float(record[metric]))
+  for per_label in summary.values():
+    for figures in per_label.values():
+      figures.update(mean=float(np.mean(figures["values"])),
+                     std=float(np.std(figures["values"])))
+  return summary
+
+
+def plot_sweep(records: list[dict], metrics: dict[str, str], *, xlabel: str, title: str):
+  """One panel per metric: every run as a dot over its label, the mean as a black tick.
+
+  Args:
+    records: from `sweep`.
+    metrics: record key -> axis label, e.g. {'mse': 'test MSE'}.
+    xlabel, title: of the figure.
+  """
+  labels = list(dict.fromkeys(r["label"] for r in records))
+  columns = min(3, len(metrics))
+  rows = -(-len(metrics) // columns)
+  figure = mpl_figure.Figure(figsize=(4.0 * columns, 3.3 * rows))
+  axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+  for axis in axes[len(metrics):]:
+    axis.set_visible(False)
+  for axis, (metric, name) in zip(axes, metrics.items()):
+    for x, label in enumerate(labels):
+      values = [r[metric] for r in records if r["label"] == label]
+      axis.plot([x - 0.25, x + 0.25], [np.mean(values)] * 2, color="black", lw=2)
+      axis.scatter(np.full(len(values), x), values, color="tab:blue", s=18, zorder=3)
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_xlabel(xlabel)
+    axis.set_title(name, fontsize=10)
+  figure.suptitle(title, fontsize=11)
+  figure.tight_layout()
+  return figure

@@ -1,0 +1,112 @@
+"""Runs each experiment script in its --smoke mode and checks the PNG and JSON it writes."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Script -> keys its JSON must hold (beyond 'command', 'settings', 'wall_seconds').
+EXPECTED_KEYS = {
+    "gumbel_bias": ("pearson", "points", "paper_pearson_r", "max_entropy"),
+    "tdc_spread": ("runs", "target_bits", "paper_spread_bits"),
+    "beta_effect": ("summary", "runs"),
+    "albo_vs_elbo": ("summary", "runs"),
+    "gq_rate": ("by_group_size", "log2_k_sweep"),
+}
+SWEEP_METRICS = ("mse", "perplexity", "hard_perplexity", "code_usage", "posterior_entropy")
+
+
+def _env():
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  # One device, as a user runs the scripts; level 0 compiles the tiny models faster.
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  return env
+
+
+class ExperimentSmokeTest(parameterized.TestCase):
+
+  def run_script(self, name):
+    output_dir = tempfile.mkdtemp(prefix=f"{name}_")
+    result = subprocess.run(
+        [sys.executable, "-m", f"experiments.{name}", "--smoke", f"--output_dir={output_dir}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+    png, json_path = (os.path.join(output_dir, f"{name}.{ext}") for ext in ("png", "json"))
+    with open(png, "rb") as f:
+      self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+    with open(json_path, encoding="utf-8") as f:
+      payload = json.load(f)
+    for key in ("command", "settings", "wall_seconds", "smoke") + EXPECTED_KEYS[name]:
+      self.assertIn(key, payload)
+    self.assertTrue(payload["smoke"])
+    self.assertIn(f"experiments.{name}", payload["command"])
+    self.assertIn("--smoke", payload["command"])
+    return payload
+
+  def test_gumbel_bias(self):
+    payload = self.run_script("gumbel_bias")
+    self.assertLen(payload["points"], 3 * 5)  # Smoke: 3 sets x 5 temperatures.
+    for point in payload["points"]:
+      self.assertBetween(point["entropy"], 0.0, payload["max_entropy"] + 1e-5)
+      self.assertGreaterEqual(point["bias_straight_through"], 0.0)
+    for estimator in ("straight_through", "relaxed"):
+      self.assertBetween(payload["pearson"][estimator]["pooled"]["r"], -1.0, 1.0)
+      self.assertLen(payload["pearson"][estimator]["per_set"], 3)
+
+  def test_tdc_spread(self):
+    payload = self.run_script("tdc_spread")
+    self.assertSameElements(payload["runs"], ["tdc", "vae_kl0.1"])
+    self.assertTrue(payload["runs"]["tdc"]["tdc"])
+    vae = payload["runs"]["vae_kl0.1"]
+    self.assertFalse(vae["tdc"])
+    # factor = 1.0 freezes the multipliers: the plain VAE's stay exactly at 1.
+    self.assertEqual(vae["final_multipliers"], dict(lam=1.0, lam_min=1.0, lam_max=1.0))
+    for run in payload["runs"].values():
+      bits = run["token_bits"]
+      ordered = [bits[k] for k in ("min", "p1", "p5", "p50", "p95", "p99", "max")]
+      self.assertEqual(ordered, sorted(ordered))
+      self.assertGreaterEqual(bits["min"], 0.0)
+
+  def check_sweep(self, payload, labels):
+    self.assertEqual(list(payload["summary"]), labels)
+    self.assertLen(payload["runs"], len(labels))  # Smoke: one seed per label.
+    for run in payload["runs"]:
+      for metric in SWEEP_METRICS:
+        self.assertIn(metric, run)
+      self.assertBetween(run["code_usage"], 0.0, 1.0)
+      self.assertGreater(run["mse"], 0.0)
+    for per_label in payload["summary"].values():
+      self.assertEqual(per_label["mse"]["mean"], per_label["mse"]["values"][0])
+
+  def test_beta_effect(self):
+    payload = self.run_script("beta_effect")
+    self.check_sweep(payload, ["0.3", "1"])
+    self.assertEqual(payload["settings"]["betas"], [0.3, 1.0])
+
+  def test_albo_vs_elbo(self):
+    payload = self.run_script("albo_vs_elbo")
+    self.check_sweep(payload, ["ALBO b=1", "ELBO b=1"])
+    self.assertEqual([r["objective"] for r in payload["runs"]], ["albo", "elbo"])
+
+  def test_gq_rate(self):
+    payload = self.run_script("gq_rate")
+    self.assertEqual(list(payload["by_group_size"]), ["1", "4"])  # Smoke: m in {1, 4}.
+    for group, run in payload["by_group_size"].items():
+      self.assertEqual(run["log2_k"], int(group))  # One bit per channel.
+      self.assertBetween(run["code_usage"], 0.0, 1.0)
+    sweep = payload["log2_k_sweep"]
+    self.assertEqual([p["log2_k"] for p in sweep["points"]], [2, 4, 6])
+    for point in sweep["points"]:
+      self.assertTrue(math.isfinite(point["psnr_vq"]))
+
+
+if __name__ == "__main__":
+  absltest.main()
