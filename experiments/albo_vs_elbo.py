@@ -24,9 +24,7 @@ from experiments import common
 from gmvq_jax.quantizers import gmvq
 
 NAME = "albo_vs_elbo"
-METRICS = dict(mse="test MSE", perplexity="perplexity exp(H(qbar))",
-               hard_perplexity="hard-code perplexity", code_usage="fraction of codes used",
-               posterior_entropy="mean H(q(c|x)) (nats)")
+METRICS = common.GMVQ_METRICS
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", f"experiments/results/{NAME}",
                                   "Where albo_vs_elbo.png and albo_vs_elbo.json go.")

@@ -22,9 +22,7 @@ from configs import gmvq_demo
 from experiments import common
 
 NAME = "beta_effect"
-METRICS = dict(mse="test MSE", perplexity="perplexity exp(H(qbar))",
-               hard_perplexity="hard-code perplexity", code_usage="fraction of codes used",
-               posterior_entropy="mean H(q(c|x)) (nats)")
+METRICS = common.GMVQ_METRICS
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", f"experiments/results/{NAME}",
                                   "Where beta_effect.png and beta_effect.json go.")

@@ -30,6 +30,10 @@ from gmvq_jax.quantizers import gq
 
 # Levels of the reported spread of per-token KL bits, in percent.
 SPREAD_LEVELS = (1, 5, 50, 95, 99)
+# The test figures the GM-VQ sweeps report, with their axis labels.
+GMVQ_METRICS = dict(mse="test MSE", perplexity="perplexity exp(H(qbar))",
+                    hard_perplexity="hard-code perplexity", code_usage="fraction of codes used",
+                    posterior_entropy="mean H(q(c|x)) (nats)")
 
 
 def command_line() -> str:

@@ -7,6 +7,7 @@ them order, resume and split batches across hosts the same way.
 from __future__ import annotations
 
 import threading
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -119,3 +120,130 @@ class EpochShuffler:
     examples_seen = step * batch_size
     epoch, index_in_epoch = divmod(examples_seen, self.num_examples)
     return dict(examples_seen=examples_seen, epoch=epoch, index_in_epoch=index_in_epoch)
+
+
+class ShuffledSplits:
+  """The ImageDataset methods of a finite dataset with a train and a test split.
+
+  A subclass sets the fields below (`_shuffler` over the training split) and
+  implements `_read(split, indices)`; TFDS, folder and .npz datasets share
+  everything else, so they shuffle, shard, resume and evaluate alike.
+  """
+
+  image_size: int
+  image_shape: tuple[int, int, int]
+  seed: int
+  num_train_examples: int
+  num_eval_examples: int
+  _shuffler: EpochShuffler
+
+  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    """Images `indices` of `split` as (len(indices), H, W, 3) float32 in [0, 1]."""
+    raise NotImplementedError
+
+  def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
+                    num_shards: int = 1) -> np.ndarray:
+    """Training-split indices of (one host's slice of) batch `step`; see EpochShuffler.
+
+    Returns:
+      (batch_size // num_shards,) int64.
+    """
+    return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
+
+  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
+                  num_shards: int = 1) -> np.ndarray:
+    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
+
+    Args:
+      step: training step, >= 0.
+      batch_size: images per global batch, over all hosts.
+      shard: this host's index, 0 <= shard < num_shards.
+      num_shards: the number of hosts; batch_size must divide by it.
+
+    Returns:
+      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
+      [shard * b, (shard + 1) * b) of the global batch; only those are read.
+    """
+    indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
+    return self._read("train", indices)
+
+  def position(self, step: int, batch_size: int) -> dict[str, int]:
+    """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
+    return self._shuffler.position(step, batch_size)
+
+  def _in_order(self, split: str, total: int, batch_size: int) -> Iterator[np.ndarray]:
+    batch_size = check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
+    return (self._read(split, range(start, min(start + batch_size, total)))
+            for start in range(0, total, batch_size))
+
+  def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    """The whole training split in order (not shuffled), e.g. to tokenize it.
+
+    Returns:
+      An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
+    """
+    return self._in_order("train", self.num_train_examples, batch_size)
+
+  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    """The first num_eval_examples of the test split, in order.
+
+    Returns:
+      An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
+      possibly for the last batch.
+    """
+    return self._in_order("test", self.num_eval_examples, batch_size)
+
+
+# --- 'folder': PNG and JPEG files -------------------------------------------
+
+
+def find_images(directory: str) -> list[str]:
+  """Paths of the .png/.jpg/.jpeg files under `directory`, recursively, sorted.
+
+  Files and folders whose names start with '.' (e.g. macOS's '._x.jpg') are skipped.
+  """
+  paths = []
+  for root, dirs, files in os.walk(directory, followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    paths += [os.path.join(root, name) for name in files
+              if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(paths)
+
+
+def _open_problem(path: str) -> str | None:
+  """Why PIL cannot open `path`, or None if it can (a cheap check: no full decode)."""
+  try:
+    with Image.open(path) as image:
+      image.verify()  # Parses the structure (PNG chunk CRCs), without decoding pixels.
+  except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
+    return f"{type(error).__name__}: {error}"
+  return None
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+  """Decodes one file to its centred square at image_size: (S, S, 3) uint8.
+
+  Grey images are replicated to RGB, alpha is dropped, 16-bit grey is scaled
+  to 8 bits and EXIF rotations are applied. JPEGs decode at the smallest
+  1/1..1/8 scale that still covers image_size (much faster for big photos).
+
+  Raises:
+    DataError: the file cannot be decoded, naming it.
+  """
+  try:
+    with Image.open(path) as image:
+      image.draft("RGB", (image_size, image_size))  # A no-op except for JPEG.
+      image = ImageOps.exif_transpose(image)
+      if image.mode in ("I", "I;16", "I;16L", "I;16B"):  # 16-bit greyscale PNG.
+        grey = np.round(np.asarray(image, np.float64) / 257).clip(0, 255).astype(np.uint8)
+        pixels = np.repeat(grey[..., None], 3, axis=-1)
+      else:
+        pixels = np.asarray(image.convert("RGB"))
+  except Exception as error:  # As in _open_problem, PIL raises many types.
+    raise DataError(
+        f"Cannot decode image file {path} ({type(error).__name__}: {error}); it is probably"
+        " truncated or corrupted: remove or replace it, then restart.") from error
+  if min(pixels.shape[:2]) == 0:
+    raise DataError(f"Image file {path} has no pixels ({pixels.shape[1]}x{pixels.shape[0]});"
+                    " remove or replace it.")
+  return image_ops.center_crop_resize(pixels, image_size)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -120,7 +120,7 @@ def check_image_size(name: str, image_size: int) -> int:
   raise ValueError(f"Unknown TFDS dataset {name!r}; this module serves {TFDS_NAMES}.")
 
 
-class TfdsImageDataset:
+class TfdsImageDataset(shuffling.ShuffledSplits):
   """Shuffled training batches and the in-order test split of one TFDS image dataset."""
 
   def __init__(self, name: str, *, image_size: int, seed: int, data_dir: str | None = None,
@@ -157,25 +157,9 @@ class TfdsImageDataset:
     self.num_eval_examples = num_eval_examples
     self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
 
-  def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
-                    num_shards: int = 1) -> np.ndarray:
-    """Training-split indices of (one host's slice of) batch `step`.
-
-    Example number `step * batch_size + i` of the run is position
-    `(step * batch_size + i) % N` of epoch `(step * batch_size + i) // N`'s
-    permutation, so a batch may straddle two epochs and no state is kept
-    (see shuffling.EpochShuffler).
-
-    Returns:
-      (batch_size // num_shards,) int64.
-    """
-    return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
-
-  def position(self, step: int, batch_size: int) -> dict[str, int]:
-    """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
-    return self._shuffler.position(step, batch_size)
-
-  def _read(self, source, indices) -> np.ndarray:
+  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    """Examples `indices` of "train" or "test" (the held-out split) as float32 images."""
+    source = self._train if split == "train" else self._test
     keys = [int(i) for i in indices]
     getitems = getattr(source, "__getitems__", None)
     # ArrayRecord reads a batch of keys in one call, faster than one by one.
@@ -188,45 +172,3 @@ class TfdsImageDataset:
       raise ValueError(
           f"{self.name} gave images of shape {batch.shape[1:]}, expected {self.image_shape}.")
     return image_ops.to_unit_float(batch)
-
-  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
-                  num_shards: int = 1) -> np.ndarray:
-    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
-
-    Args:
-      step: training step, >= 0.
-      batch_size: images per global batch, over all hosts.
-      shard: this host's index, 0 <= shard < num_shards.
-      num_shards: the number of hosts; batch_size must divide by it.
-
-    Returns:
-      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
-      [shard * b, (shard + 1) * b) of the global batch; only those are read.
-    """
-    indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
-    return self._read(self._train, indices)
-
-  def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The whole training split in index order (not shuffled), e.g. to tokenize it.
-
-    Returns:
-      An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
-    """
-    batch_size = shuffling.check_int(batch_size, "batch_size", 1)
-    total = self.num_train_examples
-    return (self._read(self._train, range(start, min(start + batch_size, total)))
-            for start in range(0, total, batch_size))
-
-  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The first num_eval_examples of the test split, in index order.
-
-    Args:
-      batch_size: images per batch; the last batch may be smaller.
-
-    Returns:
-      An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
-      possibly for the last batch.
-    """
-    batch_size = shuffling.check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
-    return (self._read(self._test, range(start, min(start + batch_size, self.num_eval_examples)))
-            for start in range(0, self.num_eval_examples, batch_size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from absl import logging
 import numpy as np
@@ -59,73 +59,6 @@ def _check_num_eval(num_eval_examples: int | None, test_size: int, where: str) -
         f"num_eval_examples={num_eval_examples} exceeds the {test_size} test images"
         f" in {where}; lower it or leave it unset to evaluate on all of them.")
   return num_eval_examples
-
-
-class _ShuffledSplits:
-  """Batching shared by both sources; a subclass sets the fields and `_read`."""
-
-  image_size: int
-  image_shape: tuple[int, int, int]
-  seed: int
-  num_train_examples: int
-  num_eval_examples: int
-  _shuffler: shuffling.EpochShuffler
-
-  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
-    """Images `indices` of `split` as (len(indices), H, W, 3) float32 in [0, 1]."""
-    raise NotImplementedError
-
-  def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
-                    num_shards: int = 1) -> np.ndarray:
-    """Training-split indices of (one host's slice of) batch `step`; see EpochShuffler.
-
-    Returns:
-      (batch_size // num_shards,) int64.
-    """
-    return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
-
-  def train_batch(self, step: int, batch_size: int, *, shard: int = 0,
-                  num_shards: int = 1) -> np.ndarray:
-    """(One host's slice of) training batch `step`, a pure function of (seed, step, batch_size).
-
-    Args:
-      step: training step, >= 0.
-      batch_size: images per global batch, over all hosts.
-      shard: this host's index, 0 <= shard < num_shards.
-      num_shards: the number of hosts; batch_size must divide by it.
-
-    Returns:
-      (batch_size // num_shards, H, W, 3) float32 in [0, 1]: rows
-      [shard * b, (shard + 1) * b) of the global batch; only those are read.
-    """
-    indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
-    return self._read("train", indices)
-
-  def position(self, step: int, batch_size: int) -> dict[str, int]:
-    """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
-    return self._shuffler.position(step, batch_size)
-
-  def _in_order(self, split: str, total: int, batch_size: int) -> Iterator[np.ndarray]:
-    batch_size = shuffling.check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
-    return (self._read(split, range(start, min(start + batch_size, total)))
-            for start in range(0, total, batch_size))
-
-  def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The whole training split in order (not shuffled), e.g. to tokenize it.
-
-    Returns:
-      An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
-    """
-    return self._in_order("train", self.num_train_examples, batch_size)
-
-  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The first num_eval_examples of the test split, in order.
-
-    Returns:
-      An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
-      possibly for the last batch.
-    """
-    return self._in_order("test", self.num_eval_examples, batch_size)
 
 
 # --- 'folder': PNG and JPEG files -------------------------------------------
@@ -183,7 +116,7 @@ def load_image(path: str, image_size: int) -> np.ndarray:
   return image_ops.center_crop_resize(pixels, image_size)
 
 
-class FolderDataset(_ShuffledSplits):
+class FolderDataset(shuffling.ShuffledSplits):
   """PNG/JPEG files under data_dir/train/ and data_dir/test/, each resized to a square."""
 
   def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
@@ -280,7 +213,7 @@ def _checked_images(path: str, name: str, images: np.ndarray) -> np.ndarray:
   return images
 
 
-class NpzDataset(_ShuffledSplits):
+class NpzDataset(shuffling.ShuffledSplits):
   """Arrays 'train' and 'test' of an .npz file, held in memory, each image resized to a square."""
 
   def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
