@@ -37,17 +37,6 @@ def _run(*args):
                         text=True, env=dict(os.environ), timeout=600)
 
 
-def _snapshot(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
-
-
 class ConversionTest(absltest.TestCase):
 
   @classmethod
@@ -193,10 +182,10 @@ class ConversionTest(absltest.TestCase):
       f.write(b"an earlier result")
     for message, change in cases.items():
       path = self._bad_token_file(directory, **change)
-      before = _snapshot(directory)
+      before = tiny_configs.snapshot(directory)
       with self.assertRaisesRegex(conversion.TokenFileError, message, msg=message):
         conversion.decode(self.workdir, path, output=output)
-      self.assertEqual(_snapshot(directory), before, message)
+      self.assertEqual(tiny_configs.snapshot(directory), before, message)
 
   def test_decode_refuses_to_overwrite_its_input_and_non_token_files(self):
     directory = self._tmpdir()
@@ -217,7 +206,7 @@ class ConversionTest(absltest.TestCase):
                                   conversion.load_tokens(self.tokens_path)[0])
 
   def test_bad_flags_fail_before_anything_is_written(self):
-    before = _snapshot(self.workdir)
+    before = tiny_configs.snapshot(self.workdir)
     for kwargs, message in ((dict(beta=-1.0), "--beta=-1.0"),
                             (dict(codebook_seed=-2), "--codebook_seed=-2"),
                             (dict(sampler="halton"), "--sampler='halton'"),
@@ -226,7 +215,7 @@ class ConversionTest(absltest.TestCase):
                             (dict(batch_size=0), "--batch_size=0")):
       with self.assertRaisesRegex(conversion.ConversionError, message):
         conversion.convert(self.workdir, **kwargs)
-    self.assertEqual(_snapshot(self.workdir), before)
+    self.assertEqual(tiny_configs.snapshot(self.workdir), before)
 
   def test_evaluate_works_on_gq_workdirs_deterministically(self):
     workdir = self._tmpdir()

@@ -1,6 +1,5 @@
 """Mixed precision: config.dtype='bfloat16' runs the networks in bf16, the quantizers in float32."""
 
-import os
 import shutil
 import tempfile
 
@@ -11,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import gq_demo
 from gmvq_jax import config_checks
 from gmvq_jax import methods
 from gmvq_jax import metric_writers
@@ -20,17 +18,7 @@ import tiny_configs
 
 
 def _config(method, dtype):
-  if method == "gq":
-    config = gq_demo.get_config("smoke")
-    config.image_size = 16
-    config.num_eval_examples = 12
-  else:
-    config = tiny_configs.tiny_config()
-    if method != "gmvq":
-      config.method = method
-      config.quantizer = methods.quantizer_config(method, num_codes=16, latent_dim=4)
-  config.dtype = dtype
-  return config
+  return tiny_configs.method_config(method, dtype=dtype)
 
 
 def _apply(config, images):

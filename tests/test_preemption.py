@@ -3,7 +3,6 @@
 Each test runs `python -m launch.train` as a subprocess, as a cluster would.
 """
 
-import json
 import os
 import shutil
 import signal

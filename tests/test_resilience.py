@@ -1,6 +1,5 @@
 """Exact resume, non-finite steps and bad inputs of the training loop (train_and_evaluate)."""
 
-import json
 import os
 import shutil
 import tempfile
@@ -9,14 +8,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from configs import gq_demo
 from gmvq_jax import checkpointing
 from gmvq_jax import data
 from gmvq_jax import faults
-from gmvq_jax import methods
 from gmvq_jax import metric_writers
 from gmvq_jax import train_lib
 from gmvq_jax.data import pipeline
@@ -25,19 +21,8 @@ import tiny_configs
 
 
 def _config(method, **overrides):
-  if method == "gq":
-    config = gq_demo.get_config("smoke")
-    config.image_size = 16
-    config.num_eval_examples = 12
-  else:
-    config = tiny_configs.tiny_config()
-    if method != "gmvq":
-      config.method = method
-      config.quantizer = methods.quantizer_config(method, num_codes=16, latent_dim=4)
-  config.num_steps = 6
-  config.checkpoint_every_steps = 3
-  config.log_every_steps = 1
-  config.parallelism = "shard_map"
+  config = tiny_configs.method_config(method, num_steps=6, checkpoint_every_steps=3,
+                                      log_every_steps=1, parallelism="shard_map")
   return tiny_configs.apply_overrides(config, overrides)
 
 
@@ -49,17 +34,6 @@ def _restore(workdir, config, step=None):
   position = checkpointing.restore_data_position(manager, step)
   manager.close()
   return jax.device_get(state.replace(tx=None)), position
-
-
-def _snapshot(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = f.read()
-  return files
 
 
 class _Shape:
@@ -147,10 +121,10 @@ class ExactResumeTest(parameterized.TestCase):
     # The same config over a dataset whose stream differs (another seed).
     other = _dataset(tiny_configs.apply_overrides(config.copy_and_resolve_references(),
                                                   {"seed": 5}))
-    before = _snapshot(workdir)
+    before = tiny_configs.snapshot(workdir)
     with self.assertRaisesRegex(pipeline.DataPositionError, "seed: checkpoint 0, this run 5"):
       train_lib.train_and_evaluate(config, workdir, dataset=other)
-    self.assertEqual(_snapshot(workdir), before)
+    self.assertEqual(tiny_configs.snapshot(workdir), before)
 
 
 class NonFiniteTest(parameterized.TestCase):
@@ -225,7 +199,7 @@ class BadInputTest(absltest.TestCase):
 
   def test_incompatible_config_names_the_fields_and_changes_nothing(self):
     workdir = self._trained()
-    before = _snapshot(workdir)
+    before = tiny_configs.snapshot(workdir)
     changed = tiny_configs.apply_overrides(self.config.copy_and_resolve_references(), {
         "quantizer.num_codes": 16, "model.channels": (8, 8), "batch_size": 4,
         "num_steps": 4})  # num_steps may change on resume; the others may not.
@@ -236,7 +210,7 @@ class BadInputTest(absltest.TestCase):
     self.assertIn("config.model.channels: checkpoint has [8, 16], this run has (8, 8)", message)
     self.assertIn("config.batch_size: checkpoint has 8, this run has 4", message)
     self.assertNotIn("config.num_steps", message)
-    self.assertEqual(_snapshot(workdir), before)
+    self.assertEqual(tiny_configs.snapshot(workdir), before)
 
   def test_longer_run_resumes_from_a_finished_one(self):
     workdir = self._trained()
@@ -259,11 +233,11 @@ class BadInputTest(absltest.TestCase):
             f.write(b"\xff" * size)
           damaged += 1
     self.assertGreater(damaged, 0)
-    before = _snapshot(workdir)
+    before = tiny_configs.snapshot(workdir)
     with self.assertRaisesRegex(checkpointing.CheckpointError,
                                 r"checkpoints/2 cannot be read .*Nothing was changed on disk"):
       train_lib.train_and_evaluate(self.config, workdir)
-    self.assertEqual(_snapshot(workdir), before)
+    self.assertEqual(tiny_configs.snapshot(workdir), before)
 
   def test_workdir_that_is_a_file(self):
     path = os.path.join(self.root, "file")

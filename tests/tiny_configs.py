@@ -1,8 +1,12 @@
 """Small configs and data shared by the tests: seconds to compile, milliseconds to run."""
 
+import os
+
 import numpy as np
 
 from configs import gmvq_demo
+from configs import gq_demo
+from gmvq_jax import methods
 
 
 def tiny_config(**overrides):
@@ -20,6 +24,31 @@ def tiny_config(**overrides):
   config.quantizer.gamma = 0.01
   config.quantizer.kmeans_iters = 5
   return apply_overrides(config, overrides)
+
+
+def method_config(method, **overrides):
+  """A tiny config of any registered method: GQ's demo smoke config at 16x16, else tiny_config."""
+  if method == "gq":
+    config = gq_demo.get_config("smoke")
+    config.image_size = 16
+    config.num_eval_examples = 12
+  else:
+    config = tiny_config()
+    if method != "gmvq":
+      config.method = method
+      config.quantizer = methods.quantizer_config(method, num_codes=16, latent_dim=4)
+  return apply_overrides(config, overrides)
+
+
+def snapshot(directory):
+  """{relative path: bytes} of every file under `directory` (to check nothing changed)."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
 
 
 def apply_overrides(config, overrides):
