@@ -43,11 +43,8 @@ def variants(objectives: list[str], betas: list[float], *, num_steps: int, batch
   configs = {}
   for beta in betas:
     for objective in objectives:
-      config = gmvq_demo.get_config("smoke" if smoke else None)
-      if not smoke:
-        config.num_steps = num_steps
-        config.batch_size = batch_size
-        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, num_steps // 10)
+      config = common.budget_config(gmvq_demo, num_steps=num_steps, batch_size=batch_size,
+                                    smoke=smoke)
       config.quantizer.objective = objective
       config.quantizer.beta = beta
       configs[f"{objective.upper()}\nb={beta:g}"] = config

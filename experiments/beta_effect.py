@@ -38,11 +38,8 @@ def variants(betas: list[float], *, num_steps: int, batch_size: int, smoke: bool
   """'beta=<b>' -> the demo config with that beta, on the given budget."""
   configs = {}
   for beta in betas:
-    config = gmvq_demo.get_config("smoke" if smoke else None)
-    if not smoke:
-      config.num_steps = num_steps
-      config.batch_size = batch_size
-      config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, num_steps // 10)
+    config = common.budget_config(gmvq_demo, num_steps=num_steps, batch_size=batch_size,
+                                  smoke=smoke)
     config.quantizer.beta = beta
     configs[f"{beta:g}"] = config
   return configs

@@ -94,6 +94,21 @@ class Stopwatch:
 # ------------------------------------------------------------ runs, in memory
 
 
+def budget_config(config_module: Any, *, num_steps: int, batch_size: int,
+                  smoke: bool) -> ml_collections.ConfigDict:
+  """`config_module.get_config()` on an experiment's budget, or its `:smoke` variant.
+
+  The warm-up is capped at a tenth of the steps, so short budgets still
+  spend most of their steps at the peak learning rate.
+  """
+  config = config_module.get_config("smoke" if smoke else None)
+  if not smoke:
+    config.num_steps = num_steps
+    config.batch_size = batch_size
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, num_steps // 10)
+  return config
+
+
 def make_step_fn(config: ml_collections.ConfigDict):
   """`train_lib.train_step` jitted for one device. Reusable across configs that differ
   only in `seed` (the step reads the key it is given, not config.seed)."""

@@ -47,11 +47,7 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Seconds: gq_demo:smoke (c = 8), m in
 def run_config(group_size: int, *, bits_per_channel: int, num_steps: int, batch_size: int,
                smoke: bool):
   """The GQ demo with tokens of `group_size` channels trained for m * bits_per_channel bits."""
-  config = gq_demo.get_config("smoke" if smoke else None)
-  if not smoke:
-    config.num_steps = num_steps
-    config.batch_size = batch_size
-    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, num_steps // 10)
+  config = common.budget_config(gq_demo, num_steps=num_steps, batch_size=batch_size, smoke=smoke)
   config.quantizer.group_size = group_size
   config.quantizer.log2_codebook_size = group_size * bits_per_channel
   return config

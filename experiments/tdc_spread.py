@@ -53,12 +53,8 @@ _SMOKE = flags.DEFINE_bool(
 def run_configs(*, num_steps: int, batch_size: int, vae_kl_weights: list[float], seed: int,
                 smoke: bool) -> dict[str, ml_collections.ConfigDict]:
   """{'tdc': config, 'vae_kl<w>': config, ...}: one budget, TDC on or frozen."""
-  base = gq_demo.get_config("smoke" if smoke else None)
+  base = common.budget_config(gq_demo, num_steps=num_steps, batch_size=batch_size, smoke=smoke)
   base.seed = seed
-  if not smoke:
-    base.num_steps = num_steps
-    base.batch_size = batch_size
-    base.optimizer.warmup_steps = min(base.optimizer.warmup_steps, num_steps // 10)
   configs = {"tdc": base}
   for weight in vae_kl_weights:
     config = base.copy_and_resolve_references()
