@@ -131,15 +131,19 @@ def albo_loss(
     images: torch.Tensor, reconstructions: torch.Tensor, z: torch.Tensor, aux: dict[str, torch.Tensor],
     *, beta: float, gamma: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-  """`gmvq.albo_loss` with objective='albo', latent_reg='sampled' (Eq. 13-14)."""
-  recon = (images - reconstructions).square().mean()
+  """`gmvq.albo_loss` with objective='albo', latent_reg='sampled' (Eq. 13-14), per image."""
+  num_images = images.shape[0]
+  positions = z.shape[0] // num_images
+  squared = (images - reconstructions).square()
+  recon_loss = squared.sum() / num_images
   probs = aux["probs"]
   qbar = probs.mean(0)
-  reg = (z - aux["code_vectors"]).square().sum(-1).mean()
+  reg = (z - aux["code_vectors"]).square().sum() / num_images
   kl = kl_to_uniform(qbar)
-  loss = recon + gamma * (reg + beta * kl)
+  loss = recon_loss + gamma * (reg + beta * positions * kl)
   entropy = math.log(probs.shape[-1]) - kl_to_uniform(qbar.detach())
-  return loss, dict(loss=loss, recon=recon, latent_reg=reg, kl=kl, qbar_perplexity=entropy.exp())
+  return loss, dict(loss=loss, recon_loss=recon_loss, recon=squared.mean(), latent_reg=reg, kl=kl,
+                    qbar_perplexity=entropy.exp())
 
 
 class GMVQAutoencoder(nn.Module):

@@ -2,7 +2,7 @@
 
 Every method of `gmvq_jax.methods` with the GM-VQ CIFAR10 network and
 schedule (configs/gmvq_cifar10.py: batch 256, 100 epochs, AdamW peak lr
-1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with gamma = 1e-3 (the
+1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with gamma = 0.048 (the
 paper tunes gamma; set --config.quantizers.gmvq.gamma to its best).
 Needs TFDS cifar10 prepared as ArrayRecord under train.data_dir.
 """

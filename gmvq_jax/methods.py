@@ -107,7 +107,7 @@ def family(config: ml_collections.ConfigDict) -> str:
 def _family_defaults(name: str, num_codes: int, latent_dim: int) -> dict[str, Any]:
   """The `config.quantizer` fields of one family, before the method's overrides."""
   if name == "gmvq":
-    return dict(num_codes=num_codes, latent_dim=latent_dim, beta=1.0, gamma=1e-3,
+    return dict(num_codes=num_codes, latent_dim=latent_dim, beta=1.0, gamma=0.048,
                 sigma_z2=0.5,  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
                 objective="albo", latent_reg="sampled", tau_0=2.0, tau_min=0.1,
                 anneal_fraction=0.8, kmeans_init=True, kmeans_seeding="kmeans++",

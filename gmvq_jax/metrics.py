@@ -50,6 +50,20 @@ def code_usage(code_counts):
   return jnp.mean((counts > 0).astype(jnp.float32))
 
 
+# A code is reachable while q(c|x) exceeds this for at least one vector: below
+# it, the gradient that could pull the code back toward the data is negligible.
+REACHABLE_PROBABILITY = 1e-6
+
+
+def reachable_codes(max_probs, threshold: float = REACHABLE_PROBABILITY):
+  """Fraction of codes with q(c|x) > threshold for at least one vector.
+
+  Args:
+    max_probs: (C,) the largest q(c|x) of each code over a set of vectors.
+  """
+  return jnp.mean((jnp.asarray(max_probs) > threshold).astype(jnp.float32))
+
+
 def summarize_eval(sums: dict) -> dict[str, float]:
   """Turns accumulated evaluation sums into the reported figures.
 
@@ -60,16 +74,21 @@ def summarize_eval(sums: dict) -> dict[str, float]:
       perplexity, averaged over batches) and `code_counts` (C,).
 
   Returns:
-    mse, psnr, perplexity, hard_perplexity, code_usage as Python floats.
+    mse, psnr, perplexity, hard_perplexity, code_usage as Python floats;
+    reachable_codes too when the sums hold `code_max_prob_max` (C,), the
+    largest posterior probability of each code (soft-posterior methods).
   """
   mean_sq = float(sums["squared_error"]) / max(float(sums["num_values"]), 1.0)
-  return dict(
+  figures = dict(
       mse=mean_sq,
       psnr=float(psnr(mean_sq)),
       perplexity=float(sums["batch_perplexity_sum"]) / max(float(sums["num_batches"]), 1.0),
       hard_perplexity=float(hard_perplexity(np.asarray(sums["code_counts"]))),
       code_usage=float(code_usage(np.asarray(sums["code_counts"]))),
   )
+  if "code_max_prob_max" in sums:
+    figures["reachable_codes"] = float(reachable_codes(np.asarray(sums["code_max_prob_max"])))
+  return figures
 
 
 def summarize_gaussian_eval(sums: dict) -> dict[str, float]:

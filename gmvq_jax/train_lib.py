@@ -257,7 +257,8 @@ def train_step(
     loss, terms = gmvq.albo_loss(
         images, reconstructions, z, aux, params["codebook"], beta=q.beta, gamma=q.gamma,
         objective=q.objective, latent_reg=q.latent_reg, axis_name=axis_name)
-    return loss, (terms, new_vars["batch_stats"], aux["codes"])
+    max_probs = jnp.max(jax.lax.stop_gradient(aux["probs"]), axis=0)  # (C,)
+    return loss, (terms, new_vars["batch_stats"], (aux["codes"], max_probs))
 
   grads, (terms, batch_stats, extra) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = common.pmean(grads, axis_name)
@@ -275,9 +276,12 @@ def train_step(
     quantizer_state = gq.tdc_update(state.quantizer_state, extra, factor=q.factor,
                                     axis_name=axis_name, **tdc)
   elif kind == "gmvq":
-    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(extra), axis=0), axis_name)
+    codes, max_probs = extra
+    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
     metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
-                   batch_perplexity=metrics_lib.hard_perplexity(code_counts))
+                   batch_perplexity=metrics_lib.hard_perplexity(code_counts),
+                   batch_reachable_codes=metrics_lib.reachable_codes(
+                       common.pmax(max_probs, axis_name)))
   else:
     z, indices = extra
     code_counts = methods.code_histogram(indices, methods.codebook_size(config),
@@ -350,8 +354,10 @@ def eval_step(
   vector_mask = jnp.repeat(mask, vectors_per_example)
   # Code histogram by scatter-add (FSQ/LFQ/BSQ codebooks can be 2^16 wide).
   code_counts = methods.code_histogram(aux["indices"], methods.codebook_size(config), vector_mask)
+  extra_sums = {}
   if "probs" in aux:  # The paper's perplexity: of the soft posterior's batch mean.
     qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0)
+    extra_sums["code_max_prob_max"] = jnp.max(aux["probs"] * vector_mask[:, None], axis=0)
   else:  # Deterministic quantizers: the posterior is the one-hot code.
     qbar = code_counts
   qbar = qbar / jnp.maximum(jnp.sum(vector_mask), 1.0)
@@ -362,6 +368,7 @@ def eval_step(
       code_counts=code_counts,
       batch_perplexity_sum=metrics_lib.perplexity(qbar) * has_data,
       num_batches=has_data,
+      **extra_sums,
   )
   return sums, reconstructions
 
@@ -376,15 +383,17 @@ def evaluate(
     state: TrainState,
     dataset: Any,
     *,
+    split: str = "test",
     num_images: int = 0,
     step_fn: Any = None,
 ) -> tuple[dict[str, float], np.ndarray | None]:
-  """Evaluates the whole test split on one device, deterministically.
+  """Evaluates a whole split on one device, deterministically.
 
   Args:
     config: the run's config.
     state: one (unreplicated) train state.
     dataset: from `data.make_dataset`.
+    split: 'val' (for choosing hyperparameters) or 'test' (for reporting).
     num_images: also return the first `num_images` originals and their
       reconstructions, stacked as (2, n, H, W, 3).
     step_fn: a compiled `eval_step` from `make_eval_fn`, reused across calls.
@@ -396,7 +405,7 @@ def evaluate(
   batch_size = config.eval_batch_size
   totals: dict[str, np.ndarray] = {}
   pairs = []
-  for images in dataset.eval_batches(batch_size):
+  for images in dataset.eval_batches(batch_size, split=split):
     real = images.shape[0]
     mask = np.zeros((batch_size,), np.float32)
     mask[:real] = 1.0
@@ -456,7 +465,7 @@ def train_and_evaluate(
     dataset: Any = None,
     stop_after_steps: int | None = None,
 ) -> dict[str, float]:
-  """Trains (or resumes) a run in `workdir`, then evaluates the test split.
+  """Trains (or resumes) a run in `workdir`, then evaluates the val and test splits.
 
   Checkpoints go to WORKDIR/checkpoints every `checkpoint_every_steps` and at
   the end, each with the config and the input pipeline's position; a rerun
@@ -479,7 +488,8 @@ def train_and_evaluate(
       and raise `TrainingStopped` (e.g. to fit a job's time limit).
 
   Returns:
-    The final evaluation figures.
+    The final evaluation figures of the test split (the val split's are in
+    metrics.jsonl, split 'val').
 
   Raises:
     TrainingStopped: SIGTERM / SIGINT arrived, or `stop_after_steps` steps
@@ -588,9 +598,10 @@ def train_and_evaluate(
           break
         if (config.eval_every_steps and done % config.eval_every_steps == 0
             and done < config.num_steps):
-          figures, _ = evaluate(config, strategy.local_state(placed), dataset, step_fn=eval_fn)
+          figures, _ = evaluate(config, strategy.local_state(placed), dataset, split="val",
+                                step_fn=eval_fn)
           if primary:
-            writer.write(done, "test", figures)
+            writer.write(done, "val", figures)
       check_finite()
   except BaseException:
     if writer is not None:
@@ -606,9 +617,11 @@ def train_and_evaluate(
 
   final_state = strategy.local_state(placed)
   started = time.perf_counter()
-  figures, _ = evaluate(config, final_state, dataset, step_fn=eval_fn)
-  logging.info("Evaluation took %.1fs.", time.perf_counter() - started)
+  val_figures, _ = evaluate(config, final_state, dataset, split="val", step_fn=eval_fn)
+  figures, _ = evaluate(config, final_state, dataset, split="test", step_fn=eval_fn)
+  logging.info("Evaluation of the val and test splits took %.1fs.", time.perf_counter() - started)
   if primary:
+    writer.write(int(final_state.step), "val", val_figures)
     writer.write(int(final_state.step), "test", figures)
     writer.close()
   return figures

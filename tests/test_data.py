@@ -101,7 +101,7 @@ class EmbeddedTest(parameterized.TestCase):
 
   def test_eval_crops_come_only_from_held_out_photos(self):
     ds = embedded.EmbeddedDataset(image_size=16, seed=0, num_eval_examples=24)
-    specs = ds.eval_crop_specs
+    specs = ds.eval_crop_specs()
     self.assertEqual({spec.photo for spec in specs}, set(embedded.HELD_OUT_PHOTOS))
     crops = _to_uint8(np.concatenate(list(ds.eval_batches(10))))
     np.testing.assert_array_equal(crops, np.stack([embedded.crop(s, 16) for s in specs]))
@@ -110,6 +110,40 @@ class EmbeddedTest(parameterized.TestCase):
     for index in range(0, 24, 3):
       self.assertTrue(_found_in(crops[index], embedded.HELD_OUT_PHOTOS), index)
       self.assertEqual(_found_in(crops[index], embedded.TRAIN_PHOTOS), set(), index)
+
+  @parameterized.parameters(16, 32, 100)
+  def test_val_and_train_regions_never_overlap(self, image_size):
+    """Training crops lie above the cut of every training photograph, val crops below it."""
+    ds = embedded.EmbeddedDataset(image_size=image_size, seed=0, num_eval_examples=60)
+    cuts = {name: int(embedded.load_photo(name).shape[0] * (1 - embedded.VAL_FRACTION))
+            for name in embedded.TRAIN_PHOTOS}
+    train_specs = [spec for step in range(20) for spec in ds.train_crop_specs(step, 64)]
+    for spec in train_specs:  # Rows in full-size pixels.
+      self.assertLessEqual((spec.top + image_size) * spec.downscale, cuts[spec.photo], spec)
+    val_specs = ds.eval_crop_specs("val")
+    self.assertLen(val_specs, 60)
+    self.assertTrue({spec.photo for spec in val_specs} <= set(embedded.TRAIN_PHOTOS))
+    for spec in val_specs:
+      self.assertGreaterEqual(spec.top * spec.downscale, cuts[spec.photo], spec)
+      height, width = embedded.load_photo(spec.photo, spec.downscale).shape[:2]
+      self.assertLessEqual(spec.top + image_size, height)
+      self.assertLessEqual(spec.left + image_size, width)
+      self.assertFalse(spec.flip)
+    crops = _to_uint8(np.concatenate(list(ds.eval_batches(25, split="val"))))
+    np.testing.assert_array_equal(
+        crops, np.stack([embedded.crop(spec, image_size) for spec in val_specs]))
+
+  def test_val_split_is_fixed_for_every_seed_and_differs_from_test(self):
+    ds = data.make_dataset("embedded", image_size=32, seed=0, num_eval_examples=40)
+    other_seed = data.make_dataset("embedded", image_size=32, seed=5, num_eval_examples=40)
+    self.assertEqual(ds.num_val_examples, 40)
+    val = np.concatenate(list(ds.eval_batches(16, split="val")))
+    np.testing.assert_array_equal(val, np.concatenate(list(other_seed.eval_batches(40, "val"))))
+    self.assertEqual(len(np.unique(val.reshape(40, -1), axis=0)), 40)
+    test = np.concatenate(list(ds.eval_batches(16)))
+    self.assertFalse(np.array_equal(val, test))
+    with self.assertRaisesRegex(ValueError, "allowed: val, test"):
+      ds.eval_batches(16, split="train")
 
   def test_eval_batches_cover_num_eval_examples_in_a_fixed_order(self):
     ds = data.make_dataset("embedded", image_size=32, seed=0, num_eval_examples=50)

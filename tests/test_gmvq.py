@@ -149,34 +149,80 @@ class LossTest(parameterized.TestCase):
     images, recon, z, aux, codebook = self._loss_inputs()
     loss, terms = gmvq.albo_loss(images, recon, z, aux, codebook, beta=2.0, gamma=0.5)
     qbar = jnp.mean(aux["probs"], 0)
+    num_images = images.shape[0]
+    positions = z.shape[0] // num_images
     expected_kl = jnp.sum(qbar * jnp.log(qbar)) + math.log(C)
-    expected_reg = jnp.mean(jnp.sum((z - codebook[aux["indices"]]) ** 2, -1))
-    expected_recon = jnp.mean((images - recon) ** 2)
+    # Eq. 13 on the paper's scale: per-image sums, averaged over images.
+    expected_reg = jnp.sum((z - codebook[aux["indices"]]) ** 2) / num_images
+    expected_recon = jnp.sum((images - recon) ** 2) / num_images
     np.testing.assert_allclose(terms["kl"], expected_kl, rtol=1e-5)
     np.testing.assert_allclose(terms["latent_reg"], expected_reg, rtol=1e-4)
-    np.testing.assert_allclose(terms["recon"], expected_recon, rtol=1e-6)
-    np.testing.assert_allclose(loss, expected_recon + 0.5 * (expected_reg + 2.0 * expected_kl),
+    np.testing.assert_allclose(terms["recon_loss"], expected_recon, rtol=1e-6)
+    np.testing.assert_allclose(terms["recon"], jnp.mean((images - recon) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, expected_recon + 0.5 * (expected_reg + 2.0 * positions * expected_kl), rtol=1e-5)
+
+  def test_per_image_sums_times_batch_are_elementwise_sums(self):
+    """recon_loss * B and latent_reg * B are the plain sums over all pixels / vectors."""
+    images, recon, z, aux, codebook = self._loss_inputs()
+    _, terms = gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0)
+    num_images = images.shape[0]
+    per_image_recon = jnp.sum((images - recon) ** 2, axis=(1, 2, 3))
+    per_vector_reg = jnp.sum((z - aux["code_vectors"]) ** 2, axis=-1)
+    np.testing.assert_allclose(terms["recon_loss"] * num_images,
+                               jnp.sum((images - recon) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(terms["recon_loss"], jnp.mean(per_image_recon), rtol=1e-6)
+    np.testing.assert_allclose(terms["latent_reg"] * num_images, jnp.sum(per_vector_reg),
                                rtol=1e-5)
+
+  def test_gamma_means_the_same_at_32_and_128_pixels(self):
+    """Tiling images and latents 4x4 (32x32 -> 128x128, 8x8 -> 32x32 grid) scales
+    every term of the loss by the same 16, so gamma keeps its balance."""
+    rng = np.random.default_rng(0)
+    num_images, codes, dim = 2, 16, 4
+    codebook = jnp.asarray(rng.normal(size=(codes, dim)), jnp.float32)
+
+    def loss_terms(images, recon, zh, raw):
+      z, aux = gmvq.quantize(codebook, zh.reshape(-1, dim), raw.reshape(-1, dim), train=False)
+      z = z + 0.1  # A non-zero latent term.
+      return gmvq.albo_loss(images, recon, z, aux, codebook, beta=3.0, gamma=0.7)
+
+    images = jnp.asarray(rng.uniform(size=(num_images, 32, 32, 3)), jnp.float32)
+    recon = jnp.asarray(rng.uniform(size=(num_images, 32, 32, 3)), jnp.float32)
+    zh = jnp.asarray(rng.normal(size=(num_images, 8, 8, dim)), jnp.float32)
+    raw = jnp.asarray(rng.normal(size=(num_images, 8, 8, dim)), jnp.float32)
+    tile = lambda a: jnp.tile(a, (1, 4, 4, 1))
+    small_loss, small = loss_terms(images, recon, zh, raw)
+    large_loss, large = loss_terms(tile(images), tile(recon), tile(zh), tile(raw))
+    for name in ("recon_loss", "latent_reg"):
+      np.testing.assert_allclose(large[name], 16.0 * small[name], rtol=1e-5, err_msg=name)
+    # qbar is unchanged by tiling; the KL enters per latent position (x P).
+    np.testing.assert_allclose(large["kl"], small["kl"], rtol=1e-5)
+    np.testing.assert_allclose(large_loss, 16.0 * small_loss, rtol=1e-5)
+    np.testing.assert_allclose(large["recon"], small["recon"], rtol=1e-6)
 
   def test_elbo_and_aggregated_variants(self):
     images, recon, z, aux, codebook = self._loss_inputs()
-    _, elbo = gmvq.albo_loss(images, recon, z, aux, codebook, objective="elbo")
+    loss_fn = functools.partial(gmvq.albo_loss, images, recon, z, aux, codebook, beta=1.0,
+                                gamma=1.0)
+    _, elbo = loss_fn(objective="elbo")
     per_vector = jnp.sum(aux["probs"] * jnp.log(aux["probs"]), -1) + math.log(C)
     np.testing.assert_allclose(elbo["kl"], jnp.mean(per_vector), rtol=1e-5)
-    _, albo = gmvq.albo_loss(images, recon, z, aux, codebook)
+    _, albo = loss_fn()
     # Jensen: the mean conditional KL is at least the KL of the aggregate.
     self.assertGreaterEqual(float(elbo["kl"]), float(albo["kl"]))
-    _, agg = gmvq.albo_loss(images, recon, z, aux, codebook, latent_reg="aggregated")
+    _, agg = loss_fn(latent_reg="aggregated")
     qbar = jnp.mean(aux["probs"], 0)
     dist = jnp.sum((z[:, None] - codebook[None]) ** 2, -1)
-    np.testing.assert_allclose(agg["latent_reg"], jnp.mean(dist @ qbar), rtol=1e-4)
+    np.testing.assert_allclose(agg["latent_reg"], jnp.sum(dist @ qbar) / images.shape[0],
+                               rtol=1e-4)
 
   def test_rejects_unknown_variants(self):
     images, recon, z, aux, codebook = self._loss_inputs()
     with self.assertRaisesRegex(ValueError, "objective"):
-      gmvq.albo_loss(images, recon, z, aux, codebook, objective="vae")
+      gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, objective="vae")
     with self.assertRaisesRegex(ValueError, "latent_reg"):
-      gmvq.albo_loss(images, recon, z, aux, codebook, latent_reg="mean")
+      gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, latent_reg="mean")
 
   def test_qbar_is_global_across_devices(self):
     """4 devices with a quarter of the vectors each see the 1-device loss and gradient."""
@@ -189,7 +235,8 @@ class LossTest(parameterized.TestCase):
     def loss_and_grad(zh, raw, images, recon, axis_name):
       def loss_fn(zh):
         z, aux = gmvq.quantize(codebook, zh, raw, train=False)
-        return gmvq.albo_loss(images, recon, z, aux, codebook, axis_name=axis_name)[0]
+        return gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0,
+                              axis_name=axis_name)[0]
       loss, grad = jax.value_and_grad(loss_fn)(zh)
       return loss if axis_name is None else jax.lax.pmean(loss, axis_name), grad
 

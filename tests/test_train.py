@@ -55,7 +55,8 @@ class TrainStepTest(parameterized.TestCase):
       (recon, z, aux), _ = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           example_keys=keys, temperature=1.0, mutable=["batch_stats"])
-      return gmvq.albo_loss(images, recon, z, aux, params["codebook"], gamma=0.01)[0]
+      return gmvq.albo_loss(images, recon, z, aux, params["codebook"], beta=1.0,
+                            gamma=0.48)[0]
 
     grads = jax.jit(jax.grad(loss_fn))(state.params)
     chex.assert_tree_all_finite(grads)

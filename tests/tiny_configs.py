@@ -21,7 +21,7 @@ def tiny_config(**overrides):
   config.checkpoint_every_steps = 2
   config.quantizer.num_codes = 32
   config.quantizer.latent_dim = 8
-  config.quantizer.gamma = 0.01
+  config.quantizer.gamma = 0.48
   config.quantizer.kmeans_iters = 5
   return apply_overrides(config, overrides)
 

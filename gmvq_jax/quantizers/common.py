@@ -70,6 +70,13 @@ def pmean(x: Any, axis_name: Any) -> Any:
   return jax.lax.pmean(x, axis_name)
 
 
+def pmax(x: Any, axis_name: Any) -> Any:
+  """`lax.pmax` over `axis_name`, the identity when it is None (one device)."""
+  if axis_name is None:
+    return x
+  return jax.lax.pmax(x, axis_name)
+
+
 def psum(x: Any, axis_name: Any) -> Any:
   """`lax.psum` over `axis_name`, the identity when it is None (one device)."""
   if axis_name is None:

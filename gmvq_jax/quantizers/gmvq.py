@@ -195,17 +195,23 @@ def albo_loss(
     aux: dict[str, Array],
     codebook: Array,
     *,
-    beta: float = 1.0,
-    gamma: float = 1.0,
+    beta: float,
+    gamma: float,
     objective: str = "albo",
     latent_reg: str = "sampled",
     axis_name: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
-  """The GM-VQ loss (Eqs. 13-14): recon + gamma * (latent_reg + beta * kl).
+  """The GM-VQ loss (Eqs. 13-14) on the paper's scale, per image.
 
-  `qbar` is the mean of q(c|x) over every vector of the GLOBAL batch: with
-  `axis_name` it is `lax.pmean`-ed across devices, so one device with batch B
-  and k devices with B/k each see the same loss.
+      loss = recon_loss + gamma * (latent_reg + beta * P * kl)
+
+  `recon_loss` is the squared error summed over one image's pixels and
+  channels, `latent_reg` the sum of ||z - M_c||^2 over its P latent vectors,
+  both averaged over images; so gamma = sigma_x^2 / sigma_z^2 means the same
+  thing whatever the image and latent sizes. `qbar` is the mean of q(c|x)
+  over every vector of the GLOBAL batch: with `axis_name` it is
+  `lax.pmean`-ed across devices, so one device with batch B and k devices
+  with B/k each see the same loss.
 
   Args:
     images: (B, H, W, 3) targets in [0, 1].
@@ -222,7 +228,9 @@ def albo_loss(
     axis_name: the named batch axis to reduce over, or None on one device.
 
   Returns:
-    `(loss, terms)`, float32 scalars; terms: recon, latent_reg, kl, loss,
+    `(loss, terms)`, float32 scalars; terms: loss, recon_loss (per image),
+    recon (the per-pixel mean squared error, for logs), latent_reg (per
+    image), kl (per latent vector: KL(qbar || U) for 'albo'), and
     qbar_perplexity.
   """
   if objective not in OBJECTIVES:
@@ -231,23 +239,29 @@ def albo_loss(
     raise ValueError(f"latent_reg={latent_reg!r}; allowed: {LATENT_REGS}.")
   z = z.astype(jnp.float32)
   codebook = codebook.astype(jnp.float32)
-  recon = jnp.mean(jnp.square(images.astype(jnp.float32) - reconstructions.astype(jnp.float32)))
+  num_images = images.shape[0]
+  if z.shape[0] % num_images:
+    raise ValueError(f"{z.shape[0]} latent vectors do not split evenly over {num_images} images.")
+  positions = z.shape[0] // num_images  # P = h * w latent vectors per image.
+  squared = jnp.square(images.astype(jnp.float32) - reconstructions.astype(jnp.float32))
+  recon_loss = jnp.sum(squared) / num_images  # Eq. 13: ||x - D(z)||^2 of a whole image.
   probs = aux["probs"]
   qbar = common.pmean(jnp.mean(probs, axis=0), axis_name)  # Eq. 12, global batch
   if latent_reg == "sampled":
-    reg = jnp.mean(jnp.sum(jnp.square(z - aux["code_vectors"]), axis=-1))
+    reg = jnp.sum(jnp.square(z - aux["code_vectors"])) / num_images
   else:
     distances = common.squared_distances(z, codebook)  # (N, C)
-    reg = jnp.mean(jnp.dot(distances, qbar))
+    reg = jnp.sum(jnp.dot(distances, qbar)) / num_images
   if objective == "albo":
     kl = kl_agg(qbar)
   else:
     kl = jnp.mean(kl_to_uniform(probs, aux["log_probs"]))
-  loss = recon + gamma * (reg + beta * kl)
+  loss = recon_loss + gamma * (reg + beta * positions * kl)  # Eq. 13-14, per image.
   entropy = math.log(probs.shape[-1]) - kl_to_uniform(jax.lax.stop_gradient(qbar))
   terms = dict(
       loss=loss,
-      recon=recon,
+      recon_loss=recon_loss,
+      recon=jnp.mean(squared),
       latent_reg=reg,
       kl=kl,
       qbar_perplexity=jnp.exp(entropy),
