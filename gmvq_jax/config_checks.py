@@ -11,12 +11,13 @@ from typing import Any, Iterable
 import jax
 import ml_collections
 
+from gmvq_jax import codebook_init
 from gmvq_jax import data
 from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.models import networks
-from gmvq_jax.quantizers import gmvq, gq, kmeans
+from gmvq_jax.quantizers import gmvq, gq
 
 METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
@@ -114,6 +115,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   else:
     for field, value, allowed in methods.check_baseline(config):
       _require(False, field, value, allowed)
+  for field, value, allowed in codebook_init.check(config):
+    _require(False, field, value, allowed)
 
   _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
   _number(config, "optimizer.weight_decay", minimum=0.0)
@@ -156,6 +159,4 @@ def _validate_gmvq(config) -> None:
   _require(tau_0 >= tau_min, "quantizer.tau_0", tau_0, f"must be >= quantizer.tau_min={tau_min}")
   fraction = _number(config, "quantizer.anneal_fraction", minimum=0.0, strict=True)
   _require(fraction <= 1.0, "quantizer.anneal_fraction", fraction, "must be in (0, 1]")
-  _choice(config, "quantizer.kmeans_seeding", kmeans.SEEDINGS)
-  _int_at_least(config, "quantizer.kmeans_iters", 0)
-  _int_at_least(config, "quantizer.kmeans_batches", 1)
+

@@ -104,14 +104,20 @@ def family(config: ml_collections.ConfigDict) -> str:
 # ------------------------------------------------------------------ defaults
 
 
+def _kmeans_fields(init: bool) -> dict[str, Any]:
+  """k-means initialisation of a codebook from encoder outputs (gmvq_jax.codebook_init)."""
+  return dict(kmeans_init=init, kmeans_seeding="kmeans++", kmeans_iters=20, kmeans_batches=1)
+
+
 def _family_defaults(name: str, num_codes: int, latent_dim: int) -> dict[str, Any]:
   """The `config.quantizer` fields of one family, before the method's overrides."""
   if name == "gmvq":
     return dict(num_codes=num_codes, latent_dim=latent_dim, beta=1.0, gamma=0.048,
                 sigma_z2=0.5,  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
                 objective="albo", latent_reg="sampled", tau_0=2.0, tau_min=0.1,
-                anneal_fraction=0.8, kmeans_init=True, kmeans_seeding="kmeans++",
-                kmeans_iters=20, kmeans_batches=1)
+                anneal_fraction=0.8, **_kmeans_fields(True),
+                kmeans_init_step=0,  # > 0: k-means again on the global batch of that step.
+                recenter_after=0)  # > 0: codes unchosen this many steps move onto the data.
   if name == "gq":
     # c = m = 8 with K = 2^log2(C): one token of log2 C bits per latent
     # position, the rate of a C-code VQ on the same grid.
@@ -122,10 +128,12 @@ def _family_defaults(name: str, num_codes: int, latent_dim: int) -> dict[str, An
   if name == "vq":
     return dict(num_codes=num_codes, latent_dim=latent_dim, commitment=0.25, l2=False,
                 affine=False, opt=False, replace=False,
-                replace_after=100)  # Steps of disuse before a code is re-initialised.
+                replace_after=100,  # Steps of disuse before a code is re-initialised.
+                **_kmeans_fields(False))
   if name == "sqvae":
     return dict(num_codes=num_codes, latent_dim=latent_dim,
-                log_variance_init=sqvae.LOG_VARIANCE_INIT, temperature_decay=1e-5)
+                log_variance_init=sqvae.LOG_VARIANCE_INIT, temperature_decay=1e-5,
+                **_kmeans_fields(False))
   if name == "gumbel_vqvae":
     return dict(num_codes=num_codes, latent_dim=latent_dim, kl_weight=5e-4, hard=True,
                 tau_0=2.0, tau_min=0.1, anneal_fraction=0.8)

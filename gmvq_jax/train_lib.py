@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from gmvq_jax import checkpointing
+from gmvq_jax import codebook_init
 from gmvq_jax import config_checks
 from gmvq_jax import data
 from gmvq_jax import faults
@@ -34,7 +35,6 @@ from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
 from gmvq_jax.quantizers import gq
-from gmvq_jax.quantizers import kmeans
 
 Array = jax.Array
 # Folded into the run's key for draws that must be the same on every device
@@ -103,7 +103,9 @@ def initial_quantizer_state(config: ml_collections.ConfigDict) -> Any:
   kind = methods.family(config)
   if kind == "gq":
     return gq.init_tdc_state()
-  return methods.initial_state(config) if kind in methods.BASELINE_FAMILIES else None
+  if kind == "gmvq":
+    return codebook_init.init_gmvq_state(config)
+  return methods.initial_state(config)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -129,12 +131,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
-def encoder_latents(model: nn.Module, variables: Any, images: Array) -> Array:
-  """Proxy latents zh (N, L) with batch-statistics BatchNorm, state discarded."""
-  (zh, _), _ = model.apply(variables, images, True, method=model.encode, mutable=["batch_stats"])
-  return zh.reshape(-1, zh.shape[-1])
-
-
 def create_train_state(
     config: ml_collections.ConfigDict,
     rng: Array,
@@ -150,16 +146,8 @@ def create_train_state(
   sample = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, sample)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  q = config.quantizer
-  if methods.family(config) == "gmvq" and q.kmeans_init:
-    images = np.concatenate(
-        [dataset.train_batch(i, config.batch_size) for i in range(q.kmeans_batches)])
-    latents = jax.jit(functools.partial(encoder_latents, model))(variables, images)
-    logging.info("k-means (%s seeding, %d iterations) of %d encoder vectors into %d codes.",
-                 q.kmeans_seeding, q.kmeans_iters, latents.shape[0], q.num_codes)
-    codebook = kmeans.kmeans(kmeans_rng, latents, num_clusters=q.num_codes,
-                             num_iters=q.kmeans_iters, seeding=q.kmeans_seeding)
-    params = dict(params, codebook=codebook)
+  if config.quantizer.get("kmeans_init"):
+    params = codebook_init.init_params(config, model, variables, dataset, kmeans_rng)
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), quantizer_state=initial_quantizer_state(config),
@@ -258,7 +246,8 @@ def train_step(
         images, reconstructions, z, aux, params["codebook"], beta=q.beta, gamma=q.gamma,
         objective=q.objective, latent_reg=q.latent_reg, axis_name=axis_name)
     max_probs = jnp.max(jax.lax.stop_gradient(aux["probs"]), axis=0)  # (C,)
-    return loss, (terms, new_vars["batch_stats"], (aux["codes"], max_probs))
+    return loss, (terms, new_vars["batch_stats"],
+                  (aux["codes"], max_probs, aux["zh"], aux["indices"]))
 
   grads, (terms, batch_stats, extra) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = common.pmean(grads, axis_name)
@@ -269,6 +258,8 @@ def train_step(
   metrics.update(learning_rate=learning_rate_schedule(config)(state.step),
                  grad_norm=optax.tree.norm(grads))
   quantizer_state = state.quantizer_state
+  # One key for every device (not per example): codebook updates must agree.
+  update_rng = jax.random.fold_in(jax.random.fold_in(rng, UPDATE_STREAM), state.step)
   if kind == "gq":
     # Multipliers move after every step from GLOBAL statistics of R (§2).
     tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
@@ -276,20 +267,22 @@ def train_step(
     quantizer_state = gq.tdc_update(state.quantizer_state, extra, factor=q.factor,
                                     axis_name=axis_name, **tdc)
   elif kind == "gmvq":
-    codes, max_probs = extra
+    codes, max_probs, zh, indices = extra
     code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
     metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
                    batch_perplexity=metrics_lib.hard_perplexity(code_counts),
                    batch_reachable_codes=metrics_lib.reachable_codes(
                        common.pmax(max_probs, axis_name)))
+    params, quantizer_state, update_metrics = codebook_init.gmvq_after_step(
+        config, params, quantizer_state, zh, indices, state.step, update_rng,
+        axis_name=axis_name)
+    metrics.update(update_metrics)
   else:
     z, indices = extra
     code_counts = methods.code_histogram(indices, methods.codebook_size(config),
                                          axis_name=axis_name)
     metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
                    batch_perplexity=metrics_lib.hard_perplexity(code_counts))
-    # One key for every device (not per example): replacements must agree.
-    update_rng = jax.random.fold_in(jax.random.fold_in(rng, UPDATE_STREAM), state.step)
     params, quantizer_state, update_metrics = methods.after_step(
         config, params, quantizer_state, z, indices, update_rng, axis_name=axis_name)
     metrics.update(update_metrics)

@@ -168,19 +168,6 @@ class KMeansTest(parameterized.TestCase):
       self.assertLessEqual(current, previous + 1e-6)
       previous = current
 
-  def test_kmeans_init_sets_codebook_from_encoder_outputs(self):
-    config = tiny_configs.tiny_config()
-    dataset = tiny_configs.RandomImages()
-    with_kmeans = train_lib.create_train_state(config, jax.random.key(0), dataset)
-    config.quantizer.kmeans_init = False
-    without = train_lib.create_train_state(config, jax.random.key(0), dataset)
-    model = train_lib.build_model(config)
-    latents = train_lib.encoder_latents(
-        model, {"params": without.params, "batch_stats": without.batch_stats},
-        dataset.train_batch(0, config.batch_size))
-    self.assertLess(float(kmeans.distortion(latents, with_kmeans.params["codebook"])),
-                    0.5 * float(kmeans.distortion(latents, without.params["codebook"])))
-
 
 class ConfigChecksTest(parameterized.TestCase):
 

@@ -114,7 +114,7 @@ class GMVQAutoencoder(nn.Module):
         train=train,
     )
     reconstructions = self.decode(z.reshape(batch, height, width, dim), train)
-    return reconstructions, z, aux
+    return reconstructions, z, dict(aux, zh=zh.reshape(-1, dim))
 
 
 class GaussianAutoencoder(nn.Module):
