@@ -25,6 +25,8 @@ from gmvq_jax.data import embedded
 from gmvq_jax.data import tfds_source
 
 NUM_MOCK_EXAMPLES = 10
+# cifar10 holds out the last tenth of its mocked 'train' split as "val".
+NUM_MOCK_TRAIN = NUM_MOCK_EXAMPLES - 1
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -236,16 +238,16 @@ class TfdsTest(parameterized.TestCase):
 
   def test_train_batches_are_deterministic_and_straddle_epochs(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=5)
-    # Batch size 4 over 10 examples: step 2 holds the last 2 examples of epoch
-    # 0 and the first 2 of epoch 1.
+    # Batch size 4 over the 9 training examples (the 10th is held out as
+    # val): step 2 holds the last example of epoch 0 and the first 3 of epoch 1.
     order = np.concatenate([ds.train_indices(step, 4) for step in range(5)])
-    epoch0, epoch1 = order[:10], order[10:20]
-    np.testing.assert_array_equal(np.sort(epoch0), np.arange(10))
-    np.testing.assert_array_equal(np.sort(epoch1), np.arange(10))
+    epoch0, epoch1 = order[:9], order[9:18]
+    np.testing.assert_array_equal(np.sort(epoch0), np.arange(9))
+    np.testing.assert_array_equal(np.sort(epoch1), np.arange(9))
     self.assertFalse(np.array_equal(epoch0, epoch1))  # Reshuffled every epoch.
     # The documented order: epoch e is np.random.default_rng((seed, e)).permutation(N).
-    np.testing.assert_array_equal(epoch0, np.random.default_rng((5, 0)).permutation(10))
-    np.testing.assert_array_equal(epoch1, np.random.default_rng((5, 1)).permutation(10))
+    np.testing.assert_array_equal(epoch0, np.random.default_rng((5, 0)).permutation(9))
+    np.testing.assert_array_equal(epoch1, np.random.default_rng((5, 1)).permutation(9))
     straddling = ds.train_batch(2, 4)
     expected = self._raw_images("cifar10", "train", order[8:12]) / np.float32(255)
     np.testing.assert_array_equal(straddling, expected.astype(np.float32))
@@ -255,12 +257,12 @@ class TfdsTest(parameterized.TestCase):
     np.testing.assert_array_equal(fresh.train_batch(2, 4), straddling)
     other_seed = data.make_dataset("cifar10", image_size=32, seed=6)
     self.assertFalse(np.array_equal(
-        np.concatenate([other_seed.train_indices(s, 5) for s in range(2)]), epoch0))
+        np.concatenate([other_seed.train_indices(s, 5) for s in range(2)])[:9], epoch0))
 
   @parameterized.parameters("cifar10", "celeb_a")
   def test_shards_concatenate_to_the_global_batch(self, name):
     ds = data.make_dataset(name, image_size=32, seed=5)
-    # Step 2 of batch 8 over 10 examples straddles epochs 1 and 2.
+    # Step 2 of batch 8 over 9 (cifar10) or 10 (celeb_a) examples straddles two epochs.
     whole = ds.train_batch(2, 8)
     for num_shards in (2, 4, 8):
       parts = [ds.train_batch(2, 8, shard=i, num_shards=num_shards) for i in range(num_shards)]
@@ -279,12 +281,12 @@ class TfdsTest(parameterized.TestCase):
 
   def test_position(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=0)
-    self.assertEqual(ds.num_train_examples, NUM_MOCK_EXAMPLES)
+    self.assertEqual(ds.num_train_examples, NUM_MOCK_TRAIN)
     self.assertEqual(ds.position(0, 4), dict(examples_seen=0, epoch=0, index_in_epoch=0))
-    # After 3 steps of 4, 12 examples are seen: batch 3 starts at epoch 1, index 2.
-    self.assertEqual(ds.position(3, 4), dict(examples_seen=12, epoch=1, index_in_epoch=2))
+    # After 3 steps of 4, 12 examples are seen: batch 3 starts at epoch 1, index 3.
+    self.assertEqual(ds.position(3, 4), dict(examples_seen=12, epoch=1, index_in_epoch=3))
     self.assertEqual(ds.train_indices(3, 4)[0],
-                     np.random.default_rng((0, 1)).permutation(NUM_MOCK_EXAMPLES)[2])
+                     np.random.default_rng((0, 1)).permutation(NUM_MOCK_TRAIN)[3])
 
   def test_eval_batches_are_the_test_split_in_order(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=0)
@@ -340,8 +342,8 @@ class TfdsTest(parameterized.TestCase):
   def test_train_split_batches_cover_the_training_split_in_order(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=3)
     batches = list(ds.train_split_batches(4))
-    self.assertEqual([b.shape[0] for b in batches], [4, 4, 2])
-    expected = self._raw_images("cifar10", "train", range(NUM_MOCK_EXAMPLES)) / np.float32(255)
+    self.assertEqual([b.shape[0] for b in batches], [4, 4, 1])  # Not the held-out 10th.
+    expected = self._raw_images("cifar10", "train", range(NUM_MOCK_TRAIN)) / np.float32(255)
     np.testing.assert_array_equal(np.concatenate(batches), expected.astype(np.float32))
 
 

@@ -92,16 +92,18 @@ class FolderTest(parameterized.TestCase):
     ds = self._dataset()
     train = sorted(p for p in expected if f"{os.sep}train{os.sep}" in p)
     test = sorted(p for p in expected if f"{os.sep}test{os.sep}" in p)
-    self.assertEqual(ds.files("train"), tuple(train))
+    # No val/: the last of the 8 training files is held out as the val split.
+    self.assertEqual(ds.files("train"), tuple(train[:7]))
+    self.assertEqual(ds.files("val"), tuple(train[7:]))
     self.assertEqual(ds.files("test"), tuple(test))
-    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (8, 3))
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (7, 1, 3))
     self.assertEqual(ds.image_shape, (SIZE, SIZE, 3))
 
   def test_split_batches_decode_every_image(self):
     expected = _folder(self.root)
     ds = self._dataset()
     train = list(ds.train_split_batches(3))
-    self.assertEqual([b.shape[0] for b in train], [3, 3, 2])
+    self.assertEqual([b.shape[0] for b in train], [3, 3, 1])  # 7: the 8th is held out.
     chex.assert_type(train[0], np.float32)
     images = np.concatenate(train)
     self.assertTrue(0.0 <= images.min() and images.max() <= 1.0)
@@ -142,19 +144,19 @@ class FolderTest(parameterized.TestCase):
     expected = _folder(self.root)
     ds = self._dataset(seed=3)
     files = ds.files("train")
-    # Batch size 3 over 8 images: step 2 straddles epochs 0 and 1.
-    order = np.concatenate([np.random.default_rng((3, epoch)).permutation(8) for epoch in (0, 1)])
+    # Batch size 3 over the 7 trained-on images: step 2 straddles epochs 0 and 1.
+    order = np.concatenate([np.random.default_rng((3, epoch)).permutation(7) for epoch in range(3)])
     for step in range(5):
       batch = ds.train_batch(step, 3)
       want = np.stack([expected[files[i]] for i in order[3 * step:3 * step + 3]])
       np.testing.assert_array_equal(_to_uint8(batch), want)
-    self.assertEqual(ds.position(3, 3), dict(examples_seen=9, epoch=1, index_in_epoch=1))
+    self.assertEqual(ds.position(3, 3), dict(examples_seen=9, epoch=1, index_in_epoch=2))
     self.assertEqual(json.loads(json.dumps(ds.position(3, 3))), ds.position(3, 3))
     fresh = self._dataset(seed=3)
     np.testing.assert_array_equal(fresh.train_batch(41, 3), ds.train_batch(41, 3))
     other = self._dataset(seed=4)
     self.assertFalse(np.array_equal(
-        np.concatenate([other.train_indices(s, 4) for s in range(2)]), order[:8]))
+        np.concatenate([other.train_indices(s, 4) for s in range(2)])[:7], order[:7]))
 
   def test_shard_decodes_only_its_own_files(self):
     _folder(self.root)
@@ -241,16 +243,17 @@ class NpzTest(parameterized.TestCase):
     test = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
     path = _npz(self.tmp / "d.npz", train=train, test=test)
     ds = data.make_dataset("npz", image_size=SIZE, seed=2, data_dir=path, num_eval_examples=4)
-    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (7, 4))
+    # No 'val': the last of the 7 training images is held out as the val split.
+    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (6, 4))
     np.testing.assert_array_equal(np.concatenate(list(ds.eval_batches(3))),
                                   (test[:4] / np.float32(255)).astype(np.float32))
     np.testing.assert_array_equal(np.concatenate(list(ds.train_split_batches(3))),
-                                  (train / np.float32(255)).astype(np.float32))
-    order = np.random.default_rng((2, 0)).permutation(7)
+                                  (train[:6] / np.float32(255)).astype(np.float32))
+    order = np.random.default_rng((2, 0)).permutation(6)
     batch = ds.train_batch(0, 5)
     chex.assert_type(batch, np.float32)
     np.testing.assert_array_equal(_to_uint8(batch), train[order[:5]])
-    self.assertEqual(ds.position(3, 5), dict(examples_seen=15, epoch=2, index_in_epoch=1))
+    self.assertEqual(ds.position(3, 5), dict(examples_seen=15, epoch=2, index_in_epoch=3))
 
   def test_greyscale_and_resizing(self):
     grey = np.stack([_pattern(20, 30, i)[..., 0] for i in range(4)])
@@ -258,7 +261,9 @@ class NpzTest(parameterized.TestCase):
     ds = data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=path)
     expected = np.stack([np.repeat(_resize_reference(g, SIZE)[..., None], 3, -1) for g in grey])
     np.testing.assert_array_equal(_to_uint8(np.concatenate(list(ds.eval_batches(4)))), expected)
-    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(4))), expected)
+    # The 4th training image is held out as the val split.
+    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(4))), expected[:3])
+    np.testing.assert_array_equal(_to_uint8(next(ds.eval_batches(4, split="val"))), expected[3:])
 
   def test_float_images_keep_float_precision(self):
     pixels = np.stack([_pattern(24, 40, i) for i in range(3)])
@@ -269,10 +274,10 @@ class NpzTest(parameterized.TestCase):
     np.testing.assert_array_equal(next(ds.eval_batches(3)),
                                   as_float[:, 4:20, 12:28].astype(np.float32))
     resized = next(ds.train_split_batches(3))
-    chex.assert_shape(resized, (3, SIZE, SIZE, 3))
+    chex.assert_shape(resized, (2, SIZE, SIZE, 3))  # The 3rd is held out as val.
     self.assertTrue(0.0 <= resized.min() and resized.max() <= 1.0)
     # Within rounding of the uint8 path, but not rounded to 8 bits itself.
-    via_uint8 = np.stack([_resize_reference(p, SIZE) for p in pixels]) / 255
+    via_uint8 = np.stack([_resize_reference(p, SIZE) for p in pixels[:2]]) / 255
     np.testing.assert_allclose(resized, via_uint8, atol=1 / 255)
     self.assertFalse(np.allclose(resized * 255, np.round(resized * 255), atol=1e-3))
 
@@ -328,7 +333,7 @@ class ShardTest(parameterized.TestCase):
   @parameterized.parameters("folder", "npz")
   def test_shards_concatenate_to_the_global_batch(self, kind):
     ds = self._make(kind)
-    for step in (0, 3):  # For the 6 npz images, step 3 straddles epochs 4 and 5.
+    for step in (0, 3):  # For the 5 trained-on npz images, step 3 spans epochs 4 to 6.
       whole = ds.train_batch(step, 8)
       chex.assert_shape(whole, (8, 12, 12, 3))
       for num_shards in (2, 4, 8):
