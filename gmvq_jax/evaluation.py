@@ -1,7 +1,8 @@
-"""Evaluation of a saved run: restore its latest checkpoint, score the test split.
+"""Evaluation of a saved run: restore its latest checkpoint, score its val or test split.
 
 Used by `launch.evaluate`; writes WORKDIR/eval.json and
-WORKDIR/reconstructions.png.
+WORKDIR/reconstructions.png for the test split, WORKDIR/eval_val.json and
+WORKDIR/reconstructions_val.png for the val split.
 """
 
 from __future__ import annotations
@@ -15,8 +16,21 @@ from gmvq_jax import checkpointing
 from gmvq_jax import data
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
+from gmvq_jax.data import registry
 
 EVAL_KEYS = ("mse", "psnr", "perplexity", "hard_perplexity", "code_usage")
+EVAL_SPLITS = registry.EVAL_SPLITS  # ("val", "test").
+
+
+def output_paths(workdir: str, split: str = "test") -> tuple[str, str]:
+  """(figures JSON, reconstructions PNG) that evaluate_workdir writes for `split`.
+
+  The test split keeps the original names, eval.json and reconstructions.png;
+  the val split's are eval_val.json and reconstructions_val.png.
+  """
+  suffix = "" if registry.check_eval_split(split) == "test" else f"_{split}"
+  return (os.path.join(workdir, f"eval{suffix}.json"),
+          os.path.join(workdir, f"reconstructions{suffix}.png"))
 
 
 def restore_run(workdir: str):
@@ -43,17 +57,29 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def evaluate_workdir(workdir: str, *, num_images: int = 16) -> dict:
-  """Evaluates the latest checkpoint of `workdir` on its test split.
+def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16) -> dict:
+  """Evaluates the latest checkpoint of `workdir` on its val or test split.
+
+  Args:
+    workdir: directory of a training run.
+    split: "test" (the figures to report) or "val" (to choose
+      hyperparameters on; never tune on "test").
+    num_images: originals and reconstructions shown in the PNG.
 
   Returns:
-    The figures written to eval.json: mse, psnr, perplexity,
-    hard_perplexity, code_usage, plus step and num_examples.
+    The figures written to output_paths(workdir, split)[0] (eval.json for
+    test, eval_val.json for val): mse, psnr, perplexity, hard_perplexity,
+    code_usage, plus step and num_examples (the evaluated split's size).
+
+  Raises:
+    ValueError: `split` is not in EVAL_SPLITS (before anything is read).
   """
+  json_path, png_path = output_paths(workdir, split)
   config, state, dataset = restore_run(workdir)
-  figures, pairs = train_lib.evaluate(config, state, dataset, num_images=num_images)
-  figures = dict(figures, step=int(state.step), num_examples=int(dataset.num_eval_examples))
-  write_json(os.path.join(workdir, "eval.json"), figures)
+  figures, pairs = train_lib.evaluate(config, state, dataset, split=split, num_images=num_images)
+  num_examples = dataset.num_eval_examples if split == "test" else dataset.num_val_examples
+  figures = dict(figures, step=int(state.step), num_examples=int(num_examples))
+  write_json(json_path, figures)
   if pairs is not None:
-    visualization.save_reconstructions(os.path.join(workdir, "reconstructions.png"), pairs)
+    visualization.save_reconstructions(png_path, pairs)
   return figures

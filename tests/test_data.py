@@ -25,6 +25,8 @@ from gmvq_jax.data import embedded
 from gmvq_jax.data import tfds_source
 
 NUM_MOCK_EXAMPLES = 10
+# cifar10 holds out the last tenth of its mocked 'train' split as "val".
+NUM_MOCK_TRAIN = NUM_MOCK_EXAMPLES - 1
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -233,18 +235,37 @@ def _getitems_without_self(record_keys, generator, serialized=False):
   return [generator[key] for key in record_keys]
 
 
+def _mock_tfds(test: absltest.TestCase, num_examples: int) -> None:
+  """Fakes every TFDS split as `num_examples` records until `test` ends.
+
+  The mocked splits of one dataset hold the same images (one seed), so a
+  split's identity shows in which split is read, not in its pixels.
+  """
+  stack = contextlib.ExitStack()
+  test.addCleanup(stack.close)
+  stack.enter_context(mock.patch.object(tfds_mocking, "_getitems", _getitems_without_self))
+  stack.enter_context(tfds.testing.mock_data(num_examples=num_examples))
+
+
+def _raw_tfds_images(name: str, split: str, indices) -> np.ndarray:
+  source = tfds.data_source(name, split=split, download=False)
+  return np.stack([np.asarray(source[int(i)]["image"]) for i in indices])
+
+
+def _celeb_a_crop(images: np.ndarray, size: int) -> np.ndarray:
+  """The standard CelebA face crop (rows 20..197 of 218x178), resized bilinearly."""
+  return np.stack([np.asarray(Image.fromarray(image[20:198]).resize((size, size), Image.BILINEAR))
+                   for image in images])
+
+
 class TfdsTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    stack = contextlib.ExitStack()
-    self.addCleanup(stack.close)
-    stack.enter_context(mock.patch.object(tfds_mocking, "_getitems", _getitems_without_self))
-    stack.enter_context(tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES))
+    _mock_tfds(self, NUM_MOCK_EXAMPLES)
 
   def _raw_images(self, name: str, split: str, indices) -> np.ndarray:
-    source = tfds.data_source(name, split=split, download=False)
-    return np.stack([np.asarray(source[int(i)]["image"]) for i in indices])
+    return _raw_tfds_images(name, split, indices)
 
   def test_reads_through_tfds_data_source(self):
     with mock.patch.object(tfds, "data_source", wraps=tfds.data_source) as spy:
@@ -270,16 +291,16 @@ class TfdsTest(parameterized.TestCase):
 
   def test_train_batches_are_deterministic_and_straddle_epochs(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=5)
-    # Batch size 4 over 10 examples: step 2 holds the last 2 examples of epoch
-    # 0 and the first 2 of epoch 1.
+    # Batch size 4 over the 9 training examples (the 10th is held out as
+    # val): step 2 holds the last example of epoch 0 and the first 3 of epoch 1.
     order = np.concatenate([ds.train_indices(step, 4) for step in range(5)])
-    epoch0, epoch1 = order[:10], order[10:20]
-    np.testing.assert_array_equal(np.sort(epoch0), np.arange(10))
-    np.testing.assert_array_equal(np.sort(epoch1), np.arange(10))
+    epoch0, epoch1 = order[:9], order[9:18]
+    np.testing.assert_array_equal(np.sort(epoch0), np.arange(9))
+    np.testing.assert_array_equal(np.sort(epoch1), np.arange(9))
     self.assertFalse(np.array_equal(epoch0, epoch1))  # Reshuffled every epoch.
     # The documented order: epoch e is np.random.default_rng((seed, e)).permutation(N).
-    np.testing.assert_array_equal(epoch0, np.random.default_rng((5, 0)).permutation(10))
-    np.testing.assert_array_equal(epoch1, np.random.default_rng((5, 1)).permutation(10))
+    np.testing.assert_array_equal(epoch0, np.random.default_rng((5, 0)).permutation(9))
+    np.testing.assert_array_equal(epoch1, np.random.default_rng((5, 1)).permutation(9))
     straddling = ds.train_batch(2, 4)
     expected = self._raw_images("cifar10", "train", order[8:12]) / np.float32(255)
     np.testing.assert_array_equal(straddling, expected.astype(np.float32))
@@ -289,12 +310,12 @@ class TfdsTest(parameterized.TestCase):
     np.testing.assert_array_equal(fresh.train_batch(2, 4), straddling)
     other_seed = data.make_dataset("cifar10", image_size=32, seed=6)
     self.assertFalse(np.array_equal(
-        np.concatenate([other_seed.train_indices(s, 5) for s in range(2)]), epoch0))
+        np.concatenate([other_seed.train_indices(s, 5) for s in range(2)])[:9], epoch0))
 
   @parameterized.parameters("cifar10", "celeb_a")
   def test_shards_concatenate_to_the_global_batch(self, name):
     ds = data.make_dataset(name, image_size=32, seed=5)
-    # Step 2 of batch 8 over 10 examples straddles epochs 1 and 2.
+    # Step 2 of batch 8 over 9 (cifar10) or 10 (celeb_a) examples straddles two epochs.
     whole = ds.train_batch(2, 8)
     for num_shards in (2, 4, 8):
       parts = [ds.train_batch(2, 8, shard=i, num_shards=num_shards) for i in range(num_shards)]
@@ -313,12 +334,12 @@ class TfdsTest(parameterized.TestCase):
 
   def test_position(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=0)
-    self.assertEqual(ds.num_train_examples, NUM_MOCK_EXAMPLES)
+    self.assertEqual(ds.num_train_examples, NUM_MOCK_TRAIN)
     self.assertEqual(ds.position(0, 4), dict(examples_seen=0, epoch=0, index_in_epoch=0))
-    # After 3 steps of 4, 12 examples are seen: batch 3 starts at epoch 1, index 2.
-    self.assertEqual(ds.position(3, 4), dict(examples_seen=12, epoch=1, index_in_epoch=2))
+    # After 3 steps of 4, 12 examples are seen: batch 3 starts at epoch 1, index 3.
+    self.assertEqual(ds.position(3, 4), dict(examples_seen=12, epoch=1, index_in_epoch=3))
     self.assertEqual(ds.train_indices(3, 4)[0],
-                     np.random.default_rng((0, 1)).permutation(NUM_MOCK_EXAMPLES)[2])
+                     np.random.default_rng((0, 1)).permutation(NUM_MOCK_TRAIN)[3])
 
   def test_eval_batches_are_the_test_split_in_order(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=0)
@@ -374,9 +395,101 @@ class TfdsTest(parameterized.TestCase):
   def test_train_split_batches_cover_the_training_split_in_order(self):
     ds = data.make_dataset("cifar10", image_size=32, seed=3)
     batches = list(ds.train_split_batches(4))
-    self.assertEqual([b.shape[0] for b in batches], [4, 4, 2])
-    expected = self._raw_images("cifar10", "train", range(NUM_MOCK_EXAMPLES)) / np.float32(255)
+    self.assertEqual([b.shape[0] for b in batches], [4, 4, 1])  # Not the held-out 10th.
+    expected = self._raw_images("cifar10", "train", range(NUM_MOCK_TRAIN)) / np.float32(255)
     np.testing.assert_array_equal(np.concatenate(batches), expected.astype(np.float32))
+
+
+  def test_cifar10_val_is_the_held_out_end_of_train_never_trained_on(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=0)
+    # A tenth of the 10 mocked training examples: the last one.
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples),
+                     (NUM_MOCK_TRAIN, 1, NUM_MOCK_EXAMPLES))
+    val = np.concatenate(list(ds.eval_batches(4, split="val")))
+    raw_train = self._raw_images("cifar10", "train", range(NUM_MOCK_EXAMPLES))
+    np.testing.assert_array_equal(val, (raw_train[NUM_MOCK_TRAIN:] / np.float32(255))
+                                  .astype(np.float32))
+    # Fixed: the same on every call, for every seed and batch size.
+    other_seed = data.make_dataset("cifar10", image_size=32, seed=7)
+    np.testing.assert_array_equal(np.concatenate(list(other_seed.eval_batches(1, "val"))), val)
+    for dataset in (ds, other_seed):
+      # A full epoch (3 steps of 3) trains on exactly the other 9 examples,
+      # and none of its images is the validation image.
+      epoch = np.concatenate([dataset.train_indices(step, 3) for step in range(3)])
+      np.testing.assert_array_equal(np.sort(epoch), np.arange(NUM_MOCK_TRAIN))
+      trained = np.concatenate([dataset.train_batch(step, 3) for step in range(3)])
+      self.assertFalse(any(np.array_equal(image, val[0]) for image in trained))
+    self.assertLen(np.unique(raw_train.reshape(NUM_MOCK_EXAMPLES, -1), axis=0),
+                   NUM_MOCK_EXAMPLES)  # So the pixel check above means something.
+    # The test split is untouched and fixed too.
+    test = np.concatenate(list(ds.eval_batches(4, split="test")))
+    np.testing.assert_array_equal(test, np.concatenate(list(other_seed.eval_batches(3))))
+    self.assertLen(test, NUM_MOCK_EXAMPLES)
+
+  def test_celeb_a_val_is_tfds_validation_split(self):
+    with mock.patch.object(tfds, "data_source", wraps=tfds.data_source) as spy:
+      ds = data.make_dataset("celeb_a", image_size=32, seed=1)
+    self.assertEqual(sorted(c.kwargs["split"] for c in spy.call_args_list),
+                     ["test", "train", "validation"])
+    # Nothing is held out of 'train': TFDS's 'validation' split is the val split.
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples),
+                     (NUM_MOCK_EXAMPLES, NUM_MOCK_EXAMPLES, NUM_MOCK_EXAMPLES))
+    epoch = np.concatenate([ds.train_indices(step, 5) for step in range(2)])
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(NUM_MOCK_EXAMPLES))
+    with mock.patch.object(tfds, "data_source", wraps=tfds.data_source) as spy:
+      val = np.concatenate(list(ds.eval_batches(4, split="val")))
+    self.assertEqual(spy.call_count, 0)  # Read through the sources opened above.
+    expected = _celeb_a_crop(self._raw_images("celeb_a", "validation", range(10)), 32)
+    np.testing.assert_array_equal(_to_uint8(val), expected)
+    again = data.make_dataset("celeb_a", image_size=32, seed=2)
+    np.testing.assert_array_equal(np.concatenate(list(again.eval_batches(3, "val"))), val)
+    np.testing.assert_array_equal(np.concatenate(list(again.eval_batches(3, "test"))),
+                                  np.concatenate(list(ds.eval_batches(4))))
+    # num_eval_examples caps the val split as well as the test split.
+    capped = data.make_dataset("celeb_a", image_size=32, seed=1, num_eval_examples=4)
+    self.assertEqual((capped.num_val_examples, capped.num_eval_examples), (4, 4))
+    np.testing.assert_array_equal(np.concatenate(list(capped.eval_batches(3, "val"))), val[:4])
+
+  def test_num_eval_examples_caps_val_at_its_size(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=0, num_eval_examples=5)
+    self.assertEqual((ds.num_val_examples, ds.num_eval_examples), (1, 5))
+    self.assertEqual([b.shape[0] for b in ds.eval_batches(4, split="val")], [1])
+
+  @parameterized.parameters("cifar10", "celeb_a")
+  def test_bad_split_name_raises_naming_the_allowed_values(self, name):
+    ds = data.make_dataset(name, image_size=32, seed=0)
+    for split in ("train", "validation", "TEST", None):
+      with self.assertRaisesRegex(ValueError, r"Unknown evaluation split .*'val', 'test'"):
+        ds.eval_batches(4, split=split)  # At the call, not at the first batch.
+    self.assertEqual(data.registry.EVAL_SPLITS, ("val", "test"))
+
+
+class TfdsHeldOutTest(absltest.TestCase):
+  """cifar10 with 25 mocked training examples: the last 2 (a tenth, rounded down) are val."""
+
+  def setUp(self):
+    super().setUp()
+    _mock_tfds(self, 25)
+
+  def test_last_tenth_of_train_is_val(self):
+    ds = data.make_dataset("cifar10", image_size=32, seed=4)
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples), (23, 2))
+    raw = _raw_tfds_images("cifar10", "train", range(25))
+    np.testing.assert_array_equal(_to_uint8(np.concatenate(list(ds.eval_batches(1, "val")))),
+                                  raw[23:])
+    np.testing.assert_array_equal(_to_uint8(np.concatenate(list(ds.train_split_batches(10)))),
+                                  raw[:23])
+    # Two epochs of batch 23: every training index once per epoch, 23 and 24 never.
+    for step in range(2):
+      np.testing.assert_array_equal(np.sort(ds.train_indices(step, 23)), np.arange(23))
+
+  def test_held_out_size(self):
+    held_out_size = data.shuffling.held_out_size
+    maximum = data.shuffling.MAX_HELD_OUT_TFDS
+    self.assertEqual(held_out_size(50_000, maximum), 5_000)  # cifar10.
+    self.assertEqual(held_out_size(1_281_167, maximum), 10_000)  # imagenet2012.
+    self.assertEqual(held_out_size(1_281_167), 128_116)  # folder/npz: no cap.
+    self.assertEqual([held_out_size(n) for n in (1, 9, 10, 19, 20)], [1, 1, 1, 1, 2])
 
 
 class NotPreparedTest(parameterized.TestCase):

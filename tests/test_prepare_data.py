@@ -144,10 +144,13 @@ class PreparedDataTest(absltest.TestCase):
   def test_prepared_array_record_files_are_read_by_the_training_pipeline(self):
     images = write_prepared_cifar10(self.tmp, {"train": 10, "test": 4})
     ds = data.make_dataset("cifar10", image_size=32, seed=2, data_dir=self.tmp)
-    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (10, 4))
+    # The last of the 10 training images is held out as the val split.
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (9, 1, 4))
     np.testing.assert_array_equal(np.concatenate(list(ds.eval_batches(3))),
                                   (images["test"] / np.float32(255)).astype(np.float32))
-    order = np.random.default_rng((2, 0)).permutation(10)
+    np.testing.assert_array_equal(next(ds.eval_batches(3, split="val")),
+                                  (images["train"][9:] / np.float32(255)).astype(np.float32))
+    order = np.random.default_rng((2, 0)).permutation(9)
     whole = ds.train_batch(0, 8)
     np.testing.assert_array_equal(whole, (images["train"][order[:8]] / np.float32(255))
                                   .astype(np.float32))

@@ -76,6 +76,24 @@ def _folder(root: pathlib.Path) -> dict[str, np.ndarray]:
   return expected
 
 
+def _assert_val_never_trained_on(test: parameterized.TestCase, ds, val: np.ndarray) -> None:
+  """A full epoch trains on every training index once, and on no image of `val`."""
+  num_train = ds.num_train_examples
+  for step in range(2):  # Batch num_train: step e is exactly epoch e.
+    np.testing.assert_array_equal(np.sort(ds.train_indices(step, num_train)), np.arange(num_train))
+  trained = _to_uint8(ds.train_batch(0, num_train))
+  for image in _to_uint8(val):
+    test.assertFalse(any(np.array_equal(image, seen) for seen in trained))
+
+
+def _assert_fixed(test: parameterized.TestCase, ds, other, split: str) -> np.ndarray:
+  """`split`'s batches are the same on every call, batch size and seed; returns them."""
+  images = np.concatenate(list(ds.eval_batches(2, split=split)))
+  np.testing.assert_array_equal(np.concatenate(list(ds.eval_batches(5, split=split))), images)
+  np.testing.assert_array_equal(np.concatenate(list(other.eval_batches(3, split=split))), images)
+  return images
+
+
 class FolderTest(parameterized.TestCase):
 
   @pytest.fixture(autouse=True)
@@ -92,16 +110,18 @@ class FolderTest(parameterized.TestCase):
     ds = self._dataset()
     train = sorted(p for p in expected if f"{os.sep}train{os.sep}" in p)
     test = sorted(p for p in expected if f"{os.sep}test{os.sep}" in p)
-    self.assertEqual(ds.files("train"), tuple(train))
+    # No val/: the last of the 8 training files is held out as the val split.
+    self.assertEqual(ds.files("train"), tuple(train[:7]))
+    self.assertEqual(ds.files("val"), tuple(train[7:]))
     self.assertEqual(ds.files("test"), tuple(test))
-    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (8, 3))
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (7, 1, 3))
     self.assertEqual(ds.image_shape, (SIZE, SIZE, 3))
 
   def test_split_batches_decode_every_image(self):
     expected = _folder(self.root)
     ds = self._dataset()
     train = list(ds.train_split_batches(3))
-    self.assertEqual([b.shape[0] for b in train], [3, 3, 2])
+    self.assertEqual([b.shape[0] for b in train], [3, 3, 1])  # 7: the 8th is held out.
     chex.assert_type(train[0], np.float32)
     images = np.concatenate(train)
     self.assertTrue(0.0 <= images.min() and images.max() <= 1.0)
@@ -142,19 +162,19 @@ class FolderTest(parameterized.TestCase):
     expected = _folder(self.root)
     ds = self._dataset(seed=3)
     files = ds.files("train")
-    # Batch size 3 over 8 images: step 2 straddles epochs 0 and 1.
-    order = np.concatenate([np.random.default_rng((3, epoch)).permutation(8) for epoch in (0, 1)])
+    # Batch size 3 over the 7 trained-on images: step 2 straddles epochs 0 and 1.
+    order = np.concatenate([np.random.default_rng((3, epoch)).permutation(7) for epoch in range(3)])
     for step in range(5):
       batch = ds.train_batch(step, 3)
       want = np.stack([expected[files[i]] for i in order[3 * step:3 * step + 3]])
       np.testing.assert_array_equal(_to_uint8(batch), want)
-    self.assertEqual(ds.position(3, 3), dict(examples_seen=9, epoch=1, index_in_epoch=1))
+    self.assertEqual(ds.position(3, 3), dict(examples_seen=9, epoch=1, index_in_epoch=2))
     self.assertEqual(json.loads(json.dumps(ds.position(3, 3))), ds.position(3, 3))
     fresh = self._dataset(seed=3)
     np.testing.assert_array_equal(fresh.train_batch(41, 3), ds.train_batch(41, 3))
     other = self._dataset(seed=4)
     self.assertFalse(np.array_equal(
-        np.concatenate([other.train_indices(s, 4) for s in range(2)]), order[:8]))
+        np.concatenate([other.train_indices(s, 4) for s in range(2)])[:7], order[:7]))
 
   def test_shard_decodes_only_its_own_files(self):
     _folder(self.root)
@@ -218,6 +238,96 @@ class FolderTest(parameterized.TestCase):
       data.make_dataset("folder", image_size=SIZE, seed=0,
                         data_dir=str(self.root / "train" / "a.png"))
 
+  def _val_folder(self) -> dict[str, np.ndarray]:
+    """_folder's dataset plus val/ holding three images, one in a subfolder."""
+    expected = _folder(self.root)
+    for i, name in enumerate(("v0.png", "v1.png", os.path.join("deeper", "v2.png"))):
+      pixels = _pattern(SIZE, SIZE, 60 + i)
+      expected[str(_save(self.root / "val" / name, pixels))] = pixels
+    return expected
+
+  def test_val_folder_is_the_val_split(self):
+    expected = self._val_folder()
+    ds = self._dataset(seed=3)
+    split_files = {split: tuple(sorted(p for p in expected if f"{os.sep}{split}{os.sep}" in p))
+                   for split in ("train", "val", "test")}
+    for split, files in split_files.items():
+      self.assertEqual(ds.files(split), files)  # Nothing held out of train/.
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (8, 3, 3))
+    other = self._dataset(seed=4)
+    val = _assert_fixed(self, ds, other, "val")
+    np.testing.assert_array_equal(_to_uint8(val), np.stack([expected[p] for p in ds.files("val")]))
+    test = _assert_fixed(self, ds, other, "test")
+    np.testing.assert_array_equal(_to_uint8(test),
+                                  np.stack([expected[p] for p in ds.files("test")]))
+    _assert_val_never_trained_on(self, ds, val)
+    capped = self._dataset(num_eval_examples=2)  # Caps val as well as test.
+    self.assertEqual((capped.num_val_examples, capped.num_eval_examples), (2, 2))
+    np.testing.assert_array_equal(np.concatenate(list(capped.eval_batches(5, "val"))), val[:2])
+
+  def test_without_val_folder_the_last_training_files_are_val(self):
+    expected = _folder(self.root)
+    ds = self._dataset(seed=3)
+    train = sorted(p for p in expected if f"{os.sep}train{os.sep}" in p)
+    # max(1, 8 // 10) = 1 file: the last in sorted order.
+    self.assertEqual(ds.files("val"), (str(self.root / "train" / "sub" / "wide.PNG"),))
+    self.assertEqual(ds.files("val"), tuple(train[7:]))
+    self.assertFalse(set(ds.files("val")) & set(ds.files("train")))
+    self.assertEqual(ds.num_val_examples, 1)
+    val = _assert_fixed(self, ds, self._dataset(seed=9), "val")
+    np.testing.assert_array_equal(_to_uint8(val), expected[train[7]][None])
+    _assert_val_never_trained_on(self, ds, val)
+    _assert_fixed(self, ds, self._dataset(seed=9), "test")
+
+  def test_without_val_folder_a_tenth_is_held_out(self):
+    for i in range(25):
+      _save(self.root / "train" / f"a{i:02d}.png", _pattern(SIZE, SIZE, 100 + i))
+    _save(self.root / "test" / "t.png", _pattern(SIZE, SIZE, 99))
+    ds = self._dataset()
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples), (23, 2))
+    self.assertEqual(ds.files("val"), tuple(str(self.root / "train" / f"a{i}.png")
+                                            for i in (23, 24)))
+    val = np.concatenate(list(ds.eval_batches(4, split="val")))
+    np.testing.assert_array_equal(_to_uint8(val), np.stack([_pattern(SIZE, SIZE, 123),
+                                                            _pattern(SIZE, SIZE, 124)]))
+    _assert_val_never_trained_on(self, ds, val)
+
+  def test_single_training_image_needs_a_val_folder(self):
+    _save(self.root / "train" / "only.png", _pattern(SIZE, SIZE, 0))
+    _save(self.root / "test" / "t.png", _pattern(SIZE, SIZE, 1))
+    with self.assertRaises(data.DataError) as raised:
+      self._dataset()
+    message = str(raised.exception)
+    self.assertIn(f"{self.root / 'train'} holds only 1 image(s)", message)
+    self.assertIn("add a val/ folder of images", message)
+    self.assertIn("or more training images", message)
+    self.assertNotIn("\n", message)
+    _save(self.root / "val" / "v.png", _pattern(SIZE, SIZE, 2))
+    ds = self._dataset()
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (1, 1, 1))
+
+  def test_val_folder_is_checked_like_the_others(self):
+    self._val_folder()
+    broken = self.root / "val" / "deeper" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with self.assertRaisesRegex(data.DataError, "1 image file.*cannot be opened: " + str(broken)):
+      self._dataset()
+    empty = self.tmp / "empty_val"
+    _save(empty / "train" / "a.png", _pattern(SIZE, SIZE, 0))
+    _save(empty / "test" / "t.png", _pattern(SIZE, SIZE, 1))
+    (empty / "val").mkdir()
+    with self.assertRaisesRegex(data.DataError, "val holds no .png/.jpg/.jpeg images"):
+      data.make_dataset("folder", image_size=SIZE, seed=0, data_dir=str(empty))
+
+  def test_bad_split_name_raises(self):
+    _folder(self.root)
+    ds = self._dataset()
+    for split in ("train", "validation", None):
+      with self.assertRaisesRegex(ValueError, r"Unknown evaluation split .*'val', 'test'"):
+        ds.eval_batches(2, split=split)
+    with self.assertRaisesRegex(ValueError, "Unknown split 'valid'"):
+      ds.files("valid")
+
   @parameterized.parameters(4, 7.5, True)
   def test_bad_image_size(self, image_size):
     _folder(self.root)
@@ -241,16 +351,17 @@ class NpzTest(parameterized.TestCase):
     test = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
     path = _npz(self.tmp / "d.npz", train=train, test=test)
     ds = data.make_dataset("npz", image_size=SIZE, seed=2, data_dir=path, num_eval_examples=4)
-    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (7, 4))
+    # No 'val': the last of the 7 training images is held out as the val split.
+    self.assertEqual((ds.num_train_examples, ds.num_eval_examples), (6, 4))
     np.testing.assert_array_equal(np.concatenate(list(ds.eval_batches(3))),
                                   (test[:4] / np.float32(255)).astype(np.float32))
     np.testing.assert_array_equal(np.concatenate(list(ds.train_split_batches(3))),
-                                  (train / np.float32(255)).astype(np.float32))
-    order = np.random.default_rng((2, 0)).permutation(7)
+                                  (train[:6] / np.float32(255)).astype(np.float32))
+    order = np.random.default_rng((2, 0)).permutation(6)
     batch = ds.train_batch(0, 5)
     chex.assert_type(batch, np.float32)
     np.testing.assert_array_equal(_to_uint8(batch), train[order[:5]])
-    self.assertEqual(ds.position(3, 5), dict(examples_seen=15, epoch=2, index_in_epoch=1))
+    self.assertEqual(ds.position(3, 5), dict(examples_seen=15, epoch=2, index_in_epoch=3))
 
   def test_greyscale_and_resizing(self):
     grey = np.stack([_pattern(20, 30, i)[..., 0] for i in range(4)])
@@ -258,7 +369,9 @@ class NpzTest(parameterized.TestCase):
     ds = data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=path)
     expected = np.stack([np.repeat(_resize_reference(g, SIZE)[..., None], 3, -1) for g in grey])
     np.testing.assert_array_equal(_to_uint8(np.concatenate(list(ds.eval_batches(4)))), expected)
-    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(4))), expected)
+    # The 4th training image is held out as the val split.
+    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(4))), expected[:3])
+    np.testing.assert_array_equal(_to_uint8(next(ds.eval_batches(4, split="val"))), expected[3:])
 
   def test_float_images_keep_float_precision(self):
     pixels = np.stack([_pattern(24, 40, i) for i in range(3)])
@@ -269,10 +382,10 @@ class NpzTest(parameterized.TestCase):
     np.testing.assert_array_equal(next(ds.eval_batches(3)),
                                   as_float[:, 4:20, 12:28].astype(np.float32))
     resized = next(ds.train_split_batches(3))
-    chex.assert_shape(resized, (3, SIZE, SIZE, 3))
+    chex.assert_shape(resized, (2, SIZE, SIZE, 3))  # The 3rd is held out as val.
     self.assertTrue(0.0 <= resized.min() and resized.max() <= 1.0)
     # Within rounding of the uint8 path, but not rounded to 8 bits itself.
-    via_uint8 = np.stack([_resize_reference(p, SIZE) for p in pixels]) / 255
+    via_uint8 = np.stack([_resize_reference(p, SIZE) for p in pixels[:2]]) / 255
     np.testing.assert_allclose(resized, via_uint8, atol=1 / 255)
     self.assertFalse(np.allclose(resized * 255, np.round(resized * 255), atol=1e-3))
 
@@ -310,6 +423,68 @@ class NpzTest(parameterized.TestCase):
         data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=data_dir)
 
 
+class NpzValTest(parameterized.TestCase):
+
+  @pytest.fixture(autouse=True)
+  def _tmp_path(self, tmp_path):
+    self.tmp = tmp_path
+
+  def _images(self, count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8)
+
+  def test_val_array_is_the_val_split(self):
+    train, val, test = self._images(6, 0), self._images(4, 1), self._images(3, 2)
+    path = _npz(self.tmp / "d.npz", train=train, val=val, test=test)
+    ds = data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=path)
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples, ds.num_eval_examples), (6, 4, 3))
+    other = data.make_dataset("npz", image_size=SIZE, seed=1, data_dir=path)
+    np.testing.assert_array_equal(_to_uint8(_assert_fixed(self, ds, other, "val")), val)
+    np.testing.assert_array_equal(_to_uint8(_assert_fixed(self, ds, other, "test")), test)
+    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(10))), train)
+    _assert_val_never_trained_on(self, ds, val / np.float32(255))
+    capped = data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=path, num_eval_examples=2)
+    self.assertEqual((capped.num_val_examples, capped.num_eval_examples), (2, 2))
+    np.testing.assert_array_equal(_to_uint8(next(capped.eval_batches(4, "val"))), val[:2])
+
+  def test_val_array_is_checked_like_the_others(self):
+    images = self._images(3, 0)
+    path = _npz(self.tmp / "bad.npz", train=images, val=np.zeros((2, 768), np.uint8), test=images)
+    with self.assertRaisesRegex(data.DataError, r"\['val'\] has shape \(2, 768\)"):
+      data.make_dataset("npz", image_size=SIZE, seed=0, data_dir=path)
+
+  def test_without_val_array_the_last_tenth_of_train_is_val(self):
+    train, test = self._images(21, 3), self._images(2, 4)
+    path = _npz(self.tmp / "d.npz", train=train, test=test)
+    ds = data.make_dataset("npz", image_size=SIZE, seed=5, data_dir=path)
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples), (19, 2))  # 21 // 10 = 2.
+    other = data.make_dataset("npz", image_size=SIZE, seed=6, data_dir=path)
+    val = _assert_fixed(self, ds, other, "val")
+    np.testing.assert_array_equal(_to_uint8(val), train[19:])
+    np.testing.assert_array_equal(_to_uint8(_assert_fixed(self, ds, other, "test")), test)
+    np.testing.assert_array_equal(_to_uint8(next(ds.train_split_batches(30))), train[:19])
+    _assert_val_never_trained_on(self, ds, val)
+
+  def test_single_training_image_needs_a_val_array(self):
+    one, test = self._images(1, 0), self._images(2, 1)
+    with self.assertRaises(data.DataError) as raised:
+      data.make_dataset("npz", image_size=SIZE, seed=0,
+                        data_dir=_npz(self.tmp / "one.npz", train=one, test=test))
+    message = str(raised.exception)
+    self.assertIn("['train'] holds only 1 image(s) and there is no array 'val'", message)
+    self.assertIn("add an array 'val'", message)
+    ds = data.make_dataset("npz", image_size=SIZE, seed=0,
+                           data_dir=_npz(self.tmp / "two.npz", train=one, val=one, test=test))
+    self.assertEqual((ds.num_train_examples, ds.num_val_examples), (1, 1))
+
+  def test_bad_split_name_raises(self):
+    images = self._images(4, 0)
+    ds = data.make_dataset("npz", image_size=SIZE, seed=0,
+                           data_dir=_npz(self.tmp / "d.npz", train=images, test=images))
+    for split in ("train", "Val", ""):
+      with self.assertRaisesRegex(ValueError, r"Unknown evaluation split .*'val', 'test'"):
+        ds.eval_batches(2, split=split)
+
+
 class ShardTest(parameterized.TestCase):
   """Every dataset kind: the host slices of a global batch concatenate to it, bit for bit."""
 
@@ -328,7 +503,7 @@ class ShardTest(parameterized.TestCase):
   @parameterized.parameters("folder", "npz")
   def test_shards_concatenate_to_the_global_batch(self, kind):
     ds = self._make(kind)
-    for step in (0, 3):  # For the 6 npz images, step 3 straddles epochs 4 and 5.
+    for step in (0, 3):  # For the 5 trained-on npz images, step 3 spans epochs 4 to 6.
       whole = ds.train_batch(step, 8)
       chex.assert_shape(whole, (8, 12, 12, 3))
       for num_shards in (2, 4, 8):

@@ -1,7 +1,8 @@
 """Dataset names and `make_dataset`, the one entry point the training loop uses.
 
 Every dataset serves deterministic training batches (a pure function of seed,
-step and batch size) and a fixed, ordered test split; see ImageDataset.
+step and batch size) and two fixed, ordered evaluation splits: "val" to choose
+hyperparameters on and "test" for the figures reported; see ImageDataset.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from gmvq_jax.data import embedded
+from gmvq_jax.data import shuffling
 
 TFDS_DATASET_NAMES = ("cifar10", "celeb_a", "imagenet2012")
 # 'folder' and 'npz' are the user's own images, found at config.data_dir.
 USER_DATASET_NAMES = ("folder", "npz")
+# The splits eval_batches serves: "val" (choose hyperparameters on it) and
+# "test" (report it; never tune on it). Defined in shuffling so that dataset
+# modules, embedded included, need not import this module, which imports them.
+EVAL_SPLITS = shuffling.EVAL_SPLITS
+check_eval_split = shuffling.check_eval_split
 DATASET_NAMES = ("embedded",) + TFDS_DATASET_NAMES + USER_DATASET_NAMES
 DEFAULT_IMAGE_SIZE = {"embedded": embedded.DEFAULT_IMAGE_SIZE, "cifar10": 32, "celeb_a": 128,
                       "imagenet2012": 256, "folder": 64, "npz": 64}
@@ -36,7 +43,8 @@ class ImageDataset(Protocol):
   """What `make_dataset` returns, whatever the source."""
 
   image_shape: tuple[int, int, int]  # (H, W, 3)
-  num_eval_examples: int  # Size of the test split that eval_batches covers.
+  num_eval_examples: int  # Size of the test split that eval_batches(b, "test") covers.
+  num_val_examples: int  # Size of the val split that eval_batches(b, "val") covers.
   # Size of the training split that epochs run over; None for a source
   # without epochs (the embedded dataset draws fresh random crops).
   num_train_examples: int | None
@@ -54,8 +62,24 @@ class ImageDataset(Protocol):
   def position(self, step: int, batch_size: int) -> dict[str, Any]:
     """JSON-able progress before batch `step`: examples_seen, epoch, index_in_epoch."""
 
-  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The whole test split in a fixed order, as (b, H, W, 3) float32 batches."""
+  def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[np.ndarray]:
+    """One evaluation split, whole, in a fixed order, as (b, H, W, 3) float32 batches.
+
+    `split` is "test" (num_eval_examples; the figures reported, never tuned
+    on) or "val" (num_val_examples; for choosing hyperparameters), disjoint
+    from the test split and from every training batch; any other value
+    raises ValueError naming EVAL_SPLITS. The batches do not depend on the
+    seed. Where the validation split comes from:
+      embedded: see embedded.EmbeddedDataset;
+      cifar10, imagenet2012: the last min(N // 10, 10000) examples of TFDS's
+        'train' split (of N), no longer trained on (ImageNet's 'validation'
+        split is already its test split);
+      celeb_a: TFDS's 'validation' split;
+      folder: data_dir/val/ if present, else the last max(1, N // 10)
+        training files in sorted order;
+      npz: the array 'val' if present, else the last max(1, N // 10)
+        images of 'train'.
+    """
 
 
 def validate_dataset_name(name: str) -> None:
@@ -76,10 +100,12 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
       8..512 for imagenet2012, >= 8 for folder and npz (resized centre squares).
     seed: selects the training batch sequence.
     data_dir: TFDS data_dir for the TFDS datasets; for 'folder' a directory
-      holding train/ and test/ image folders; for 'npz' the path of an .npz
-      file with arrays 'train' and 'test'; ignored by embedded.
+      holding train/ and test/ (and optionally val/) image folders; for 'npz'
+      the path of an .npz file with arrays 'train' and 'test' (and optionally
+      'val'); ignored by embedded.
     num_eval_examples: test examples to evaluate on; None for the default
-      (512 embedded crops; the whole test split of the others).
+      (512 embedded crops; the whole test split of the others). It caps the
+      val split too, at min(num_eval_examples, the val split's size).
 
   Returns:
     An ImageDataset.

@@ -1,7 +1,8 @@
-"""Which examples a training batch holds: per-epoch shuffles and per-host slices.
+"""Which examples a training batch holds: per-epoch shuffles, per-host slices, held-out splits.
 
 Shared by every finite dataset (TFDS, image folders, .npz files), so all of
-them order, resume and split batches across hosts the same way.
+them order, resume, split batches across hosts and hold out a validation
+split the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import numpy as np
 # Rebuilding a 1.3M-index permutation costs tens of milliseconds per step;
 # a batch touches at most two epochs at a time, so two cached ones suffice.
 _CACHED_EPOCHS = 2
+# The splits `eval_batches` serves: "val" to choose hyperparameters on, "test"
+# for the figures reported (never tuned on). registry.EVAL_SPLITS is this.
+EVAL_SPLITS = ("val", "test")
+# A source without a validation split of its own holds out the last tenth of
+# its training split, at most MAX_HELD_OUT_TFDS examples for the TFDS datasets.
+HELD_OUT_FRACTION_DIVISOR = 10
+MAX_HELD_OUT_TFDS = 10_000
 
 
 def check_int(value, what: str, minimum: int = 0) -> int:
@@ -21,6 +29,27 @@ def check_int(value, what: str, minimum: int = 0) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
   return int(value)
+
+
+def check_eval_split(split) -> str:
+  """`split` if it is one of EVAL_SPLITS; else ValueError naming the allowed values."""
+  if not isinstance(split, str) or split not in EVAL_SPLITS:
+    allowed = ", ".join(repr(name) for name in EVAL_SPLITS)
+    raise ValueError(f"Unknown evaluation split {split!r}; allowed values are {allowed}.")
+  return split
+
+
+def held_out_size(num_train: int, maximum: int | None = None) -> int:
+  """How many of `num_train` training examples a source without its own validation split holds out.
+
+  max(1, min(num_train // 10, maximum)): a tenth rounded down, capped at
+  `maximum` (None: no cap), and at least one. cifar10's 50,000 give 5,000;
+  ImageNet's 1,281,167 give 10,000 with maximum=MAX_HELD_OUT_TFDS.
+  """
+  size = check_int(num_train, "num_train", 0) // HELD_OUT_FRACTION_DIVISOR
+  if maximum is not None:
+    size = min(size, maximum)
+  return max(1, size)
 
 
 def shard_rows(batch_size: int, shard: int, num_shards: int) -> range:
@@ -123,30 +152,82 @@ class EpochShuffler:
 
 
 class ShuffledSplits:
-  """The ImageDataset methods of a finite dataset with a train and a test split.
+  """The ImageDataset methods of a finite dataset with train, val and test splits.
 
-  A subclass sets the fields below (`_shuffler` over the training split) and
-  implements `_read(split, indices)`; TFDS, folder and .npz datasets share
-  everything else, so they shuffle, shard, resume and evaluate alike.
+  A subclass reads its sources with `_read(source, indices)` (sources
+  "train", "test" and, if it has a validation split of its own, "val") and
+  calls `_set_splits` once it knows their sizes; TFDS, folder and .npz
+  datasets share everything else, so they shuffle, shard, resume, hold out
+  and evaluate alike.
+
+  A source without a validation split holds out a fixed slice of its
+  training split instead: the last `held_out` examples. Training batches,
+  `train_split_batches` and `num_train_examples` then cover only the
+  examples before that slice, so no validation example is ever trained on.
   """
 
   image_size: int
   image_shape: tuple[int, int, int]
   seed: int
-  num_train_examples: int
-  num_eval_examples: int
+  num_train_examples: int  # The part of the training source that is trained on.
+  num_val_examples: int  # The val examples eval_batches(..., split="val") covers.
+  num_eval_examples: int  # The test examples eval_batches(...) covers; set by the subclass.
   _shuffler: EpochShuffler
+  # Where each split lies in the sources: split -> (source, start, stop).
+  _spans: dict[str, tuple[str, int, int]]
 
-  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
-    """Images `indices` of `split` as (len(indices), H, W, 3) float32 in [0, 1]."""
+  def _read(self, source: str, indices: Sequence[int]) -> np.ndarray:
+    """Examples `indices` of `source` as (len(indices), H, W, 3) float32 in [0, 1]."""
     raise NotImplementedError
+
+  def _set_splits(self, *, train_size: int, test_size: int, val_size: int | None,
+                  held_out: int, num_eval_examples: int | None) -> None:
+    """Fixes where the splits lie, num_train_examples, num_val_examples and the training shuffle.
+
+    Args:
+      train_size: examples in the "train" source (>= 1).
+      test_size: examples in the "test" source.
+      val_size: examples in the "val" source, or None when there is none:
+        then the validation split is the last `held_out` training examples.
+      held_out: see val_size; unused when val_size is given.
+      num_eval_examples: the cap on evaluated examples (None: no cap); the
+        val split evaluates min(cap, its size). The subclass checks it and
+        sets num_eval_examples (the test split's) itself.
+
+    Raises:
+      ValueError: holding out `held_out` examples would leave none to train on.
+    """
+    train_size = check_int(train_size, "train_size", 1)
+    if val_size is None:
+      held_out = check_int(held_out, "held_out", 1)
+      if held_out >= train_size:
+        raise ValueError(
+            f"A training split of {train_size} example(s) cannot hold out {held_out} for"
+            " validation and keep any to train on.")
+      num_train = train_size - held_out
+      self._spans = {"train": ("train", 0, num_train), "val": ("train", num_train, train_size)}
+    else:
+      num_train = train_size
+      self._spans = {"train": ("train", 0, num_train),
+                     "val": ("val", 0, check_int(val_size, "val_size", 1))}
+    self._spans["test"] = ("test", 0, check_int(test_size, "test_size", 1))
+    val_total = self._spans["val"][2] - self._spans["val"][1]
+    self.num_train_examples = num_train
+    self.num_val_examples = val_total if num_eval_examples is None else min(
+        check_int(num_eval_examples, "num_eval_examples", 1), val_total)
+    self._shuffler = EpochShuffler(num_train, self.seed)
+
+  def _read_split(self, split: str, indices: Sequence[int]) -> np.ndarray:
+    """Examples `indices` of split "train", "val" or "test", read from their source."""
+    source, start, _ = self._spans[split]
+    return self._read(source, np.asarray(indices, np.int64) + start)
 
   def train_indices(self, step: int, batch_size: int, *, shard: int = 0,
                     num_shards: int = 1) -> np.ndarray:
     """Training-split indices of (one host's slice of) batch `step`; see EpochShuffler.
 
     Returns:
-      (batch_size // num_shards,) int64.
+      (batch_size // num_shards,) int64, each in [0, num_train_examples).
     """
     return self._shuffler.indices(step, batch_size, shard=shard, num_shards=num_shards)
 
@@ -165,7 +246,7 @@ class ShuffledSplits:
       [shard * b, (shard + 1) * b) of the global batch; only those are read.
     """
     indices = self.train_indices(step, batch_size, shard=shard, num_shards=num_shards)
-    return self._read("train", indices)
+    return self._read_split("train", indices)
 
   def position(self, step: int, batch_size: int) -> dict[str, int]:
     """Progress before batch `step`: dict(examples_seen=..., epoch=..., index_in_epoch=...)."""
@@ -173,22 +254,35 @@ class ShuffledSplits:
 
   def _in_order(self, split: str, total: int, batch_size: int) -> Iterator[np.ndarray]:
     batch_size = check_int(batch_size, "batch_size", 1)  # Now, not at the first next().
-    return (self._read(split, range(start, min(start + batch_size, total)))
+    return (self._read_split(split, range(start, min(start + batch_size, total)))
             for start in range(0, total, batch_size))
 
   def train_split_batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """The whole training split in order (not shuffled), e.g. to tokenize it.
+
+    Only the num_train_examples trained on: a held-out validation slice is
+    not part of it.
 
     Returns:
       An iterator of (b, H, W, 3) float32 in [0, 1]; the last batch may be smaller.
     """
     return self._in_order("train", self.num_train_examples, batch_size)
 
-  def eval_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """The first num_eval_examples of the test split, in order.
+  def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[np.ndarray]:
+    """The first num_eval_examples of the test split (or num_val_examples of val), in order.
+
+    Args:
+      batch_size: images per batch.
+      split: "test" (the figures reported) or "val" (for choosing
+        hyperparameters); see EVAL_SPLITS.
 
     Returns:
       An iterator of (b, H, W, 3) float32 in [0, 1]; b == batch_size except
-      possibly for the last batch.
+      possibly for the last batch. The same batches on every call and seed.
+
+    Raises:
+      ValueError: `split` is not in EVAL_SPLITS, or a bad batch_size (at once).
     """
-    return self._in_order("test", self.num_eval_examples, batch_size)
+    split = check_eval_split(split)
+    total = self.num_eval_examples if split == "test" else self.num_val_examples
+    return self._in_order(split, total, batch_size)

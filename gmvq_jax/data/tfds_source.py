@@ -19,9 +19,13 @@ from gmvq_jax.data.registry import DatasetNotPreparedError
 from gmvq_jax.data.registry import TFDS_DATASET_NAMES
 
 TFDS_NAMES = TFDS_DATASET_NAMES
-# The held-out split evaluation uses: ImageNet's test labels are not public,
+# The TFDS split our "test" split is: ImageNet's test labels are not public,
 # so its 50,000-image validation split plays that role.
-EVAL_SPLITS = {"cifar10": "test", "celeb_a": "test", "imagenet2012": "validation"}
+TEST_SPLITS = {"cifar10": "test", "celeb_a": "test", "imagenet2012": "validation"}
+# The TFDS split our "val" split is; None: the last
+# shuffling.held_out_size(N, MAX_HELD_OUT_TFDS) examples of 'train' (cifar10:
+# 5,000 of 50,000; imagenet2012: 10,000), which are then not trained on.
+VAL_SPLITS = {"cifar10": None, "celeb_a": "validation", "imagenet2012": None}
 # ImageNet images vary in size; the centred square is resized (up or down).
 MAX_IMAGENET_SIZE = 512
 # CelebA's aligned images are 218x178; the usual face crop is the centred
@@ -121,11 +125,11 @@ def check_image_size(name: str, image_size: int) -> int:
 
 
 class TfdsImageDataset(shuffling.ShuffledSplits):
-  """Shuffled training batches and the in-order test split of one TFDS image dataset."""
+  """Shuffled training batches and the in-order val and test splits of one TFDS image dataset."""
 
   def __init__(self, name: str, *, image_size: int, seed: int, data_dir: str | None = None,
                num_eval_examples: int | None = None):
-    """Opens the train and test splits (fast; nothing is read yet).
+    """Opens the train, test and (celeb_a) validation splits (fast; nothing is read yet).
 
     Args:
       name: one of TFDS_NAMES.
@@ -133,7 +137,7 @@ class TfdsImageDataset(shuffling.ShuffledSplits):
       seed: selects the per-epoch shuffles of the training split.
       data_dir: TFDS data_dir holding the prepared ArrayRecord files.
       num_eval_examples: evaluate on the first this many test examples; None
-        for the whole test split.
+        for the whole test split. Caps the val split too (min with its size).
 
     Raises:
       DatasetNotPreparedError: the dataset is not prepared in data_dir.
@@ -143,10 +147,12 @@ class TfdsImageDataset(shuffling.ShuffledSplits):
     self.image_size = check_image_size(name, image_size)
     self.image_shape = (self.image_size, self.image_size, 3)
     self.seed = shuffling.check_int(seed, "seed")
-    self._train = open_split(name, "train", data_dir)
-    self._test = open_split(name, EVAL_SPLITS[name], data_dir)
-    self.num_train_examples = len(self._train)
-    test_size = len(self._test)
+    self._sources = {"train": open_split(name, "train", data_dir),
+                     "test": open_split(name, TEST_SPLITS[name], data_dir)}
+    if VAL_SPLITS[name] is not None:
+      self._sources["val"] = open_split(name, VAL_SPLITS[name], data_dir)
+    test_size = len(self._sources["test"])
+    cap = num_eval_examples
     if num_eval_examples is None:
       num_eval_examples = test_size
     num_eval_examples = shuffling.check_int(num_eval_examples, "num_eval_examples", 1)
@@ -155,11 +161,16 @@ class TfdsImageDataset(shuffling.ShuffledSplits):
           f"num_eval_examples={num_eval_examples} exceeds the {test_size} examples"
           f" of the {name} test split.")
     self.num_eval_examples = num_eval_examples
-    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
+    train_size = len(self._sources["train"])
+    self._set_splits(
+        train_size=train_size, test_size=test_size,
+        val_size=len(self._sources["val"]) if "val" in self._sources else None,
+        held_out=shuffling.held_out_size(train_size, shuffling.MAX_HELD_OUT_TFDS),
+        num_eval_examples=cap)
 
-  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
-    """Examples `indices` of "train" or "test" (the held-out split) as float32 images."""
-    source = self._train if split == "train" else self._test
+  def _read(self, source: str, indices: Sequence[int]) -> np.ndarray:
+    """Examples `indices` of opened split "train", "test" or "val" as float32 images."""
+    source = self._sources[source]
     keys = [int(i) for i in indices]
     getitems = getattr(source, "__getitems__", None)
     # ArrayRecord reads a batch of keys in one call, faster than one by one.

@@ -1,7 +1,9 @@
 """The user's own images: a folder of PNG/JPEG files ('folder') or an .npz file ('npz').
 
 Selected with config.dataset and found at config.data_dir; checked before
-training starts, and shuffled per epoch exactly like the TFDS datasets.
+training starts, and shuffled per epoch exactly like the TFDS datasets. The
+validation split is the user's own (a val/ folder, an array 'val') or else
+the last tenth of the training images, which are then not trained on.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from gmvq_jax.data import shuffling
 from gmvq_jax.data.registry import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # Matched case-insensitively.
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # Required.
+VAL_SPLIT = "val"  # Optional: without it, the last held_out_size(N) training images.
 MIN_IMAGE_SIZE = 8
 FOLDER_LAYOUT = (
     "dataset='folder' expects config.data_dir to be a directory holding train/ and test/"
-    " subdirectories of .png/.jpg/.jpeg images (searched recursively; names starting with"
-    " '.' are skipped)")
+    " (and optionally val/) subdirectories of .png/.jpg/.jpeg images (searched recursively;"
+    " names starting with '.' are skipped)")
 NPZ_LAYOUT = (
     "dataset='npz' expects config.data_dir to be the path of an .npz file holding arrays"
-    " 'train' and 'test', each (N, H, W, 3) RGB or (N, H, W) greyscale, uint8 in 0..255"
-    " or float in [0, 1]; write one with np.savez(path, train=..., test=...)")
+    " 'train' and 'test' (and optionally 'val'), each (N, H, W, 3) RGB or (N, H, W)"
+    " greyscale, uint8 in 0..255 or float in [0, 1]; write one with"
+    " np.savez(path, train=..., test=...)")
 _SHOWN_FILES = 5  # Unreadable files named in one message; the rest are counted.
 
 
@@ -48,6 +52,23 @@ def _check_image_size(image_size) -> int:
         f"image_size must be an integer >= {MIN_IMAGE_SIZE} for the user's images"
         f" (the centred square of each image is resized to it), got {image_size!r}.")
   return int(image_size)
+
+
+def _held_out(train_size: int, has_val: bool, where: str, missing: str, fix: str) -> int | None:
+  """Training images held out as the val split; None if the user gave one.
+
+  Raises:
+    DataError: holding them out would leave no image to train on.
+  """
+  if has_val:
+    return None
+  held_out = shuffling.held_out_size(train_size)
+  if held_out >= train_size:
+    raise DataError(
+        f"{where} holds only {train_size} image(s) and there is no {missing}, so the"
+        f" validation split would be the last {held_out} training image(s), leaving none to"
+        f" train on; add {fix}, or more training images.")
+  return held_out
 
 
 def _check_num_eval(num_eval_examples: int | None, test_size: int, where: str) -> int:
@@ -117,22 +138,25 @@ def load_image(path: str, image_size: int) -> np.ndarray:
 
 
 class FolderDataset(shuffling.ShuffledSplits):
-  """PNG/JPEG files under data_dir/train/ and data_dir/test/, each resized to a square."""
+  """PNG/JPEG files under data_dir/train/, val/ (optional) and test/, each resized to a square."""
 
   def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
                num_eval_examples: int | None = None):
     """Lists the images and checks that PIL can open every one (no training yet).
 
     Args:
-      data_dir: directory holding train/ and test/ (any subfolders).
+      data_dir: directory holding train/ and test/ (any subfolders), and
+        optionally val/; without val/, the last max(1, N // 10) of the N
+        training files (in sorted order) are the val split, not trained on.
       image_size: side of the square images, >= MIN_IMAGE_SIZE; each image's
         centred square is resized (down or up) to it.
       seed: selects the per-epoch shuffles of the training split.
       num_eval_examples: evaluate on the first this many test images (sorted
-        by path); None for all of them.
+        by path); None for all of them. Caps the val split too (min with its size).
 
     Raises:
-      DataError: missing folders, a split without images, or files PIL cannot open.
+      DataError: missing folders, a split without images, files PIL cannot
+        open, or a single training image and no val/.
       ValueError: bad image_size, seed or num_eval_examples.
     """
     self.image_size = _check_image_size(image_size)
@@ -147,13 +171,27 @@ class FolderDataset(shuffling.ShuffledSplits):
       raise DataError(f"config.data_dir={self.data_dir!r} is a file, not a directory;"
                       f" {FOLDER_LAYOUT} (for an .npz file use dataset='npz').")
     self._files = {split: self._split_files(split) for split in SPLITS}
-    logging.info("Checking %d train and %d test images under %s.", len(self._files["train"]),
-                 len(self._files["test"]), self.data_dir)
-    self._check_files(self._files["train"] + self._files["test"])
-    self.num_train_examples = len(self._files["train"])
+    if os.path.isdir(os.path.join(self.data_dir, VAL_SPLIT)):
+      self._files[VAL_SPLIT] = self._split_files(VAL_SPLIT)
+    logging.info("Checking %s images under %s.", ", ".join(
+        f"{len(files)} {split}" for split, files in self._files.items()), self.data_dir)
+    self._check_files([path for files in self._files.values() for path in files])
+    train_size = len(self._files["train"])
+    held_out = _held_out(train_size, VAL_SPLIT in self._files,
+                         os.path.join(self.data_dir, "train"), "val/ folder",
+                         f"a val/ folder of images next to train/ and test/ in {self.data_dir}")
+    if held_out is not None:
+      logging.info("No %s/ folder: the last %d of the %d training images (sorted by path) are"
+                   " the validation split.", VAL_SPLIT, held_out, train_size)
+      for other in ("validation", "valid"):
+        if os.path.isdir(os.path.join(self.data_dir, other)):
+          logging.warning("%s/ is ignored: the validation images are read from %s/ only.",
+                          os.path.join(self.data_dir, other), VAL_SPLIT)
     self.num_eval_examples = _check_num_eval(
         num_eval_examples, len(self._files["test"]), os.path.join(self.data_dir, "test"))
-    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
+    self._set_splits(train_size=train_size, test_size=len(self._files["test"]),
+                     val_size=len(self._files[VAL_SPLIT]) if held_out is None else None,
+                     held_out=held_out or 0, num_eval_examples=num_eval_examples)
 
   def _split_files(self, split: str) -> list[str]:
     directory = os.path.join(self.data_dir, split)
@@ -178,11 +216,18 @@ class FolderDataset(shuffling.ShuffledSplits):
                       " Remove or replace them, then restart.")
 
   def files(self, split: str) -> tuple[str, ...]:
-    """The image paths of `split` ('train' or 'test'), in index order."""
-    return tuple(self._files[split])
+    """The image paths of `split` ('train', 'val' or 'test'), in index order.
 
-  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
-    paths = [self._files[split][int(i)] for i in indices]
+    'train' is only the files trained on: without val/, 'val' is the
+    training files that follow them.
+    """
+    if split not in self._spans:
+      raise ValueError(f"Unknown split {split!r}; allowed values are {tuple(self._spans)}.")
+    source, start, stop = self._spans[split]
+    return tuple(self._files[source][start:stop])
+
+  def _read(self, source: str, indices: Sequence[int]) -> np.ndarray:
+    paths = [self._files[source][int(i)] for i in indices]
     decode = functools.partial(load_image, image_size=self.image_size)
     return image_ops.to_unit_float(np.stack(list(_pool().map(decode, paths))))
 
@@ -214,23 +259,25 @@ def _checked_images(path: str, name: str, images: np.ndarray) -> np.ndarray:
 
 
 class NpzDataset(shuffling.ShuffledSplits):
-  """Arrays 'train' and 'test' of an .npz file, held in memory, each image resized to a square."""
+  """Arrays 'train', 'val' (optional) and 'test' of an .npz file, in memory, resized to squares."""
 
   def __init__(self, data_dir: str | None, *, image_size: int, seed: int,
                num_eval_examples: int | None = None):
-    """Loads and checks both arrays.
+    """Loads and checks the arrays.
 
     Args:
       data_dir: path of the .npz file (np.savez or np.savez_compressed).
+        Without an array 'val', the last max(1, N // 10) of the N images of
+        'train' are the val split, not trained on.
       image_size: side of the square images, >= MIN_IMAGE_SIZE; each image's
         centred square is resized (down or up) to it.
       seed: selects the per-epoch shuffles of the training split.
       num_eval_examples: evaluate on the first this many test images; None
-        for all of them.
+        for all of them. Caps the val split too (min with its size).
 
     Raises:
-      DataError: a missing or unreadable file, or arrays of the wrong key,
-        shape, dtype or value range.
+      DataError: a missing or unreadable file, arrays of the wrong key,
+        shape, dtype or value range, or a single training image and no 'val'.
       ValueError: bad image_size, seed or num_eval_examples.
     """
     self.image_size = _check_image_size(image_size)
@@ -245,10 +292,15 @@ class NpzDataset(shuffling.ShuffledSplits):
       raise DataError(f"config.data_dir={self.path!r} is a directory; {NPZ_LAYOUT}"
                       " (for a folder of image files use dataset='folder').")
     self._arrays = self._load()
-    self.num_train_examples = len(self._arrays["train"])
+    train_size = len(self._arrays["train"])
+    held_out = _held_out(train_size, VAL_SPLIT in self._arrays, f"{self.path}['train']",
+                         "array 'val'", "an array 'val' (np.savez(path, train=..., val=...,"
+                         " test=...))")
     self.num_eval_examples = _check_num_eval(
         num_eval_examples, len(self._arrays["test"]), f"{self.path}['test']")
-    self._shuffler = shuffling.EpochShuffler(self.num_train_examples, self.seed)
+    self._set_splits(train_size=train_size, test_size=len(self._arrays["test"]),
+                     val_size=len(self._arrays[VAL_SPLIT]) if held_out is None else None,
+                     held_out=held_out or 0, num_eval_examples=num_eval_examples)
 
   def _load(self) -> dict[str, np.ndarray]:
     try:
@@ -265,7 +317,7 @@ class NpzDataset(shuffling.ShuffledSplits):
         raise DataError(f"{self.path} has no array {missing[0]!r} (it has"
                         f" {sorted(archive.files)}); {NPZ_LAYOUT}.")
       arrays = {}
-      for name in SPLITS:
+      for name in SPLITS + ((VAL_SPLIT,) if VAL_SPLIT in archive.files else ()):
         try:
           images = archive[name]
         except Exception as error:  # Object arrays need pickle; a damaged member, zlib.
@@ -274,8 +326,8 @@ class NpzDataset(shuffling.ShuffledSplits):
         arrays[name] = _checked_images(self.path, name, images)
     return arrays
 
-  def _read(self, split: str, indices: Sequence[int]) -> np.ndarray:
-    images = self._arrays[split][np.asarray(indices, np.int64)]
+  def _read(self, source: str, indices: Sequence[int]) -> np.ndarray:
+    images = self._arrays[source][np.asarray(indices, np.int64)]
     if images.ndim == 3:  # Greyscale.
       images = np.repeat(images[..., None], 3, axis=-1)
     if images.shape[1:3] != (self.image_size, self.image_size):
