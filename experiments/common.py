@@ -374,3 +374,63 @@ def plot_sweep(records: list[dict], metrics: dict[str, str], *, xlabel: str, tit
   figure.suptitle(title, fontsize=11)
   figure.tight_layout()
   return figure
+
+
+# ------------------------------------------------- resumable, shared sweeps
+
+
+def train_and_score(config: ml_collections.ConfigDict) -> dict:
+  """Trains in memory; the validation and test figures of the final state and the history."""
+  clock = Stopwatch()
+  state, history, dataset = train_in_memory(config, log_every=max(1, config.num_steps // 10))
+  eval_fn = train_lib.make_eval_fn(config)
+  val, _ = train_lib.evaluate(config, state, dataset, split="val", step_fn=eval_fn)
+  test, _ = train_lib.evaluate(config, state, dataset, split="test", step_fn=eval_fn)
+  return dict(val=val, test=test, history=history, wall_seconds=clock.seconds())
+
+
+def run_claimed(output_dir: str, runs: Sequence[tuple[str, int, Any]]) -> list[dict]:
+  """Trains each (label, seed, make_config) not yet on disk; returns every run's record.
+
+  Records live in `output_dir/runs/<label>_seed<seed>.json`, so a rerun
+  resumes. A run is claimed by creating its `.claim` file first, so several
+  processes started with the same arguments share the work; one with nothing
+  left to claim waits for the others' records. (Delete a stale `.claim`
+  left by a killed process to retrain that run.)
+
+  Args:
+    runs: `make_config()` gives the run's training config.
+
+  Returns:
+    `{label, seed, val, test, history, wall_seconds}` per run, in order.
+  """
+  os.makedirs(os.path.join(output_dir, "runs"), exist_ok=True)
+  paths = [os.path.join(output_dir, "runs", f"{label}_seed{seed}.json") for label, seed, _ in runs]
+  for path, (label, seed, make_config) in zip(paths, runs):
+    try:
+      os.close(os.open(f"{path}.claim", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+      continue  # Done, or another process is on it.
+    record = dict(label=label, seed=seed, **train_and_score(make_config()))
+    write_json(os.path.dirname(path), os.path.basename(path)[:-len(".json")], record)
+    print(f"{label} seed {seed}: val mse {record['val']['mse']:.4g}, hard perplexity"
+          f" {record['val']['hard_perplexity']:.4g}, usage {record['val']['code_usage']:.3f}"
+          f" ({record['wall_seconds']:.0f}s)", flush=True)
+  records = []
+  for path in paths:
+    while not os.path.exists(path):  # Another process is training it.
+      time.sleep(10)
+    with open(path, encoding="utf-8") as f:
+      records.append(json.load(f))
+  return records
+
+
+def summarize_splits(records: list[dict], split: str) -> dict[str, dict[str, dict[str, float]]]:
+  """label -> metric -> {mean, std} over seeds, of one split's figures."""
+  summary = {}
+  for label in dict.fromkeys(r["label"] for r in records):
+    runs = [r[split] for r in records if r["label"] == label]
+    summary[label] = {metric: dict(mean=float(np.mean([r[metric] for r in runs])),
+                                   std=float(np.std([r[metric] for r in runs])))
+                      for metric in runs[0]}
+  return summary

@@ -22,17 +22,12 @@ gamma_sweep.png and gamma_sweep.json.
 
 from __future__ import annotations
 
-import json
-import os
-import time
+import functools
 
 from absl import app
 from absl import flags
-import numpy as np
-
 from configs import gmvq_demo
 from experiments import common
-from gmvq_jax import train_lib
 
 NAME = "gamma_sweep"
 # Validation figures drawn against gamma and beta, with their axis labels.
@@ -64,76 +59,40 @@ def run_config(gamma: float, beta: float, seed: int, *, num_steps: int, batch_si
   return config
 
 
-def train_and_score(config) -> dict:
-  """Trains in memory; the validation and test figures of the final state."""
-  clock = common.Stopwatch()
-  state, history, dataset = common.train_in_memory(config, log_every=max(1, config.num_steps // 10))
-  eval_fn = train_lib.make_eval_fn(config)
-  val, _ = train_lib.evaluate(config, state, dataset, split="val", step_fn=eval_fn)
-  test, _ = train_lib.evaluate(config, state, dataset, split="test", step_fn=eval_fn)
-  return dict(val=val, test=test, history=history, wall_seconds=clock.seconds())
-
-
-def _run_path(output_dir: str, stage: str, value: float, seed: int) -> str:
-  return os.path.join(output_dir, "runs", f"{stage}_{value:g}_seed{seed}.json")
-
-
 def run_stage(stage: str, values: list[float], seeds: list[int], *, fixed: dict,
-              output_dir: str, budget: dict) -> list[dict]:
-  """Trains every (value, seed) of a stage not yet on disk; returns all of the stage's records.
+              output_dir: str, budget: dict) -> tuple[list[dict], dict]:
+  """Every (value, seed) of a stage (resumable, shareable: `common.run_claimed`).
 
-  A run is claimed by creating its `.claim` file first, so processes sharing
-  the output directory never train the same run; a process with nothing left
-  to claim waits for the others' results.
+  Returns:
+    (records, {value: {split: {metric: {mean, std}}}}).
   """
-  os.makedirs(os.path.join(output_dir, "runs"), exist_ok=True)
+  runs = []
   for value in values:
+    settings = dict(fixed, **{stage: value})
     for seed in seeds:
-      path = _run_path(output_dir, stage, value, seed)
-      try:
-        os.close(os.open(f"{path}.claim", os.O_CREAT | os.O_EXCL))
-      except FileExistsError:
-        continue  # Done, or another process is on it.
-      settings = dict(fixed, **{stage: value})
-      config = run_config(settings["gamma"], settings["beta"], seed, **budget)
-      record = dict(stage=stage, value=value, seed=seed, **settings, **train_and_score(config))
-      common.write_json(os.path.dirname(path), os.path.basename(path)[:-5], record)
-      print(f"{stage}={value:g} seed {seed}: val mse {record['val']['mse']:.4g}, hard perplexity"
-            f" {record['val']['hard_perplexity']:.4g}, usage {record['val']['code_usage']:.3f}"
-            f" ({record['wall_seconds']:.0f}s)", flush=True)
-  records = []
-  for value in values:
-    for seed in seeds:
-      path = _run_path(output_dir, stage, value, seed)
-      while not os.path.exists(path):  # Another process is training it.
-        time.sleep(10)
-      with open(path, encoding="utf-8") as f:
-        records.append(json.load(f))
-  return records
-
-
-def summarize(records: list[dict], split: str) -> dict[float, dict[str, dict[str, float]]]:
-  """value -> metric -> {mean, std} over seeds, for one split's figures."""
+      runs.append((f"{stage}_{value:g}", seed, functools.partial(
+          run_config, settings["gamma"], settings["beta"], seed, **budget)))
+  records = common.run_claimed(output_dir, runs)
   summary = {}
-  for value in dict.fromkeys(r["value"] for r in records):
-    runs = [r[split] for r in records if r["value"] == value]
-    summary[value] = {metric: dict(mean=float(np.mean([r[metric] for r in runs])),
-                                   std=float(np.std([r[metric] for r in runs])))
-                      for metric in runs[0]}
-  return summary
+  for split in ("val", "test"):
+    by_label = common.summarize_splits(records, split)
+    for value in values:
+      summary.setdefault(value, {})[split] = by_label[f"{stage}_{value:g}"]
+  return records, summary
 
 
-def choose_gamma(val_summary: dict) -> float:
+def choose_gamma(summary: dict) -> float:
   """The gamma of lowest mean validation MSE."""
-  return min(val_summary, key=lambda g: val_summary[g]["mse"]["mean"])
+  return min(summary, key=lambda g: summary[g]["val"]["mse"]["mean"])
 
 
-def choose_beta(val_summary: dict, min_usage: float) -> float:
+def choose_beta(summary: dict, min_usage: float) -> float:
   """Lowest mean validation MSE among betas using >= min_usage of the codes; else most usage."""
-  enough = [b for b in val_summary if val_summary[b]["code_usage"]["mean"] >= min_usage]
+  usage = {b: summary[b]["val"]["code_usage"]["mean"] for b in summary}
+  enough = [b for b in summary if usage[b] >= min_usage]
   if enough:
-    return min(enough, key=lambda b: val_summary[b]["mse"]["mean"])
-  return max(val_summary, key=lambda b: val_summary[b]["code_usage"]["mean"])
+    return min(enough, key=lambda b: summary[b]["val"]["mse"]["mean"])
+  return max(summary, key=usage.get)
 
 
 def plot(gamma_summary: dict, beta_summary: dict, gamma: float, beta: float):
@@ -146,8 +105,8 @@ def plot(gamma_summary: dict, beta_summary: dict, gamma: float, beta: float):
                                                      beta))):
     xs = sorted(summary)
     for axis, (metric, label) in zip(axes[row], PLOTTED.items()):
-      means = [summary[x][metric]["mean"] for x in xs]
-      stds = [summary[x][metric]["std"] for x in xs]
+      means = [summary[x]["val"][metric]["mean"] for x in xs]
+      stds = [summary[x]["val"][metric]["std"] for x in xs]
       axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3)
       axis.axvline(chosen, color="gray", ls=":", lw=1)
       axis.set_xscale("log")
@@ -170,15 +129,13 @@ def main(argv):
     gammas, betas, seeds = gammas[:2], betas[:2], seeds[:1]
   budget = dict(num_steps=_NUM_STEPS.value, batch_size=_BATCH_SIZE.value, smoke=_SMOKE.value)
   output_dir = _OUTPUT_DIR.value
-  gamma_records = run_stage("gamma", gammas, seeds, fixed=dict(beta=1.0), output_dir=output_dir,
-                            budget=budget)
-  gamma_val = summarize(gamma_records, "val")
-  gamma = choose_gamma(gamma_val)
-  beta_records = run_stage("beta", betas, seeds, fixed=dict(gamma=gamma), output_dir=output_dir,
-                           budget=budget)
-  beta_val = summarize(beta_records, "val")
-  beta = choose_beta(beta_val, _MIN_USAGE.value)
-  png = common.save_figure(plot(gamma_val, beta_val, gamma, beta), output_dir, NAME)
+  gamma_records, gamma_summary = run_stage("gamma", gammas, seeds, fixed=dict(beta=1.0),
+                                           output_dir=output_dir, budget=budget)
+  gamma = choose_gamma(gamma_summary)
+  beta_records, beta_summary = run_stage("beta", betas, seeds, fixed=dict(gamma=gamma),
+                                         output_dir=output_dir, budget=budget)
+  beta = choose_beta(beta_summary, _MIN_USAGE.value)
+  png = common.save_figure(plot(gamma_summary, beta_summary, gamma, beta), output_dir, NAME)
   config = run_config(gamma, beta, seeds[0], **budget)
   payload = dict(
       experiment="GM-VQ gamma (beta = 1) then beta, chosen on the validation split",
@@ -189,12 +146,12 @@ def main(argv):
                 beta=f"lowest mean validation MSE with mean validation code usage >="
                      f" {_MIN_USAGE.value:g} (else the highest usage)"),
       settings=dict(gammas=gammas, betas=betas, seeds=seeds, config=common.as_jsonable(config)),
-      summary=dict(gamma=dict(val=gamma_val, test=summarize(gamma_records, "test")),
-                   beta=dict(val=beta_val, test=summarize(beta_records, "test"))),
+      summary=dict(gamma={f"{g:g}": v for g, v in gamma_summary.items()},
+                   beta={f"{b:g}": v for b, v in beta_summary.items()}),
       runs=[{k: v for k, v in r.items() if k != "history"} for r in gamma_records + beta_records],
       wall_seconds=clock.seconds(),
   )
-  path = common.write_json(output_dir, NAME, json.loads(json.dumps(payload, default=str)))
+  path = common.write_json(output_dir, NAME, payload)
   print(f"Chosen: gamma {gamma:g}, beta {beta:g}. Wrote {png} and {path}"
         f" in {clock.seconds():.0f}s.")
 

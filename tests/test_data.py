@@ -144,7 +144,7 @@ class EmbeddedTest(parameterized.TestCase):
     self.assertEqual(len(np.unique(val.reshape(40, -1), axis=0)), 40)
     test = np.concatenate(list(ds.eval_batches(16)))
     self.assertFalse(np.array_equal(val, test))
-    with self.assertRaisesRegex(ValueError, "allowed: val, test"):
+    with self.assertRaisesRegex(ValueError, "allowed values are 'val', 'test'"):
       ds.eval_batches(16, split="train")
 
   def test_eval_batches_cover_num_eval_examples_in_a_fixed_order(self):

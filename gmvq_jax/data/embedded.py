@@ -50,7 +50,6 @@ DOWNSCALE_FACTORS = (1, 2, 4)
 # The bottom VAL_FRACTION of each training photograph's rows (at full size) is
 # the validation region; training crops lie wholly above it, at every scale.
 VAL_FRACTION = 0.25
-EVAL_SPLITS = ("val", "test")
 MIN_IMAGE_SIZE = 8
 DEFAULT_IMAGE_SIZE = 32
 DEFAULT_NUM_EVAL_EXAMPLES = 512
@@ -255,7 +254,7 @@ class EmbeddedDataset:
 
   def eval_crop_specs(self, split: str = "test") -> tuple[CropSpec, ...]:
     """The val or test crops, in eval order (their photographs in turn)."""
-    check_split(split)
+    shuffling.check_eval_split(split)
     return self._val_specs if split == "val" else self._eval_specs
 
   def eval_batches(self, batch_size: int, split: str = "test") -> Iterator[np.ndarray]:
@@ -274,12 +273,6 @@ class EmbeddedDataset:
     specs = self.eval_crop_specs(split)
     return (self._render(specs[start:start + batch_size])
             for start in range(0, len(specs), batch_size))
-
-
-def check_split(split: str) -> None:
-  """Raises ValueError unless `split` is one of EVAL_SPLITS."""
-  if split not in EVAL_SPLITS:
-    raise ValueError(f"Unknown evaluation split {split!r}; allowed: {', '.join(EVAL_SPLITS)}.")
 
 
 def _photo_rows(name: str, factor: int) -> int:
