@@ -5,6 +5,9 @@ schedule (configs/gmvq_cifar10.py: batch 256, 100 epochs, AdamW peak lr
 1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with gamma = 0.048 (the
 paper tunes gamma; set --config.quantizers.gmvq.gamma to its best).
 Needs TFDS cifar10 prepared as ArrayRecord under train.data_dir.
+Protocol fields as in configs/compare_demo.py: seeds (0, 1, 2), lr_grid
+(0.5, 1.0, 2.0) x peak lr 1e-2, method_steps empty; a method costs
+len(lr_grid) + len(seeds) - 1 = 5 runs of 100 epochs.
 """
 
 from configs import compare_demo

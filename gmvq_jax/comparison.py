@@ -1,9 +1,36 @@
 """The comparison table: every method trained in the same harness, side by side.
 
-`compare` trains the methods of a compare config one after another (same
-network, data, steps and seed), evaluates each (GQ after its offline
-conversion), and writes WORKDIR/table.md, table.csv, curves.png and
-scatter.png. Used by `launch.compare`; rerunning skips finished methods.
+`compare` runs, for every method of a compare config, the same protocol with
+the same tuning budget (same network, data and steps; `method_steps` may
+give a method its own number of steps):
+
+1. Tuning: seed `seeds[0]` is trained at every multiplier m of `lr_grid`
+   (peak lr = m x train.optimizer.peak_lr), each under
+   WORKDIR/runs/<method>/lr<m>_seed<seed>/ (`run_dir_name`). The final `val`
+   record of each run's metrics.jsonl gives its validation MSE, and
+   `choose_lr` picks the multiplier with the lowest one (ties: the first in
+   the grid). The test split is never read for this choice. For GQ the val
+   MSE is that of its Gaussian model (images decoded from the posterior
+   means), measured during training, before the offline conversion to tokens.
+   A tuning run that stops on non-finite values is recorded as diverged and
+   never chosen.
+2. The other seeds train at the chosen multiplier; the tuning run of
+   `seeds[0]` at that multiplier is reused, not retrained.
+3. The method's row: mean and population standard deviation (numpy's
+   default) over the seeds of every test figure of a run's row (GQ after its
+   conversion to tokens), with the chosen `lr_multiplier` and `peak_lr`,
+   `num_seeds`, and each seed's row under `per_seed`.
+
+It writes WORKDIR/table.md (`mean ± std` per figure and the chosen lr),
+table.csv (`<figure>_mean` / `<figure>_std` columns), tuning.md and
+tuning.csv (every method's val MSE at every multiplier), curves.png (the
+training curves of `seeds[0]` at the chosen lr) and scatter.png (test MSE
+against hard perplexity, error bars one std over seeds), and each method's
+row in WORKDIR/runs/<method>/result.json. Every finished (lr, seed) run has
+its own result.json: a rerun skips finished runs, resumes an interrupted
+one from its checkpoint, trains runs that new seeds or multipliers add, and
+refuses a finished run whose config has since changed. Used by
+`launch.compare`.
 """
 
 from __future__ import annotations
@@ -16,13 +43,15 @@ import logging
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import ml_collections
+import numpy as np
 
 from gmvq_jax import config_checks
 from gmvq_jax import conversion
 from gmvq_jax import evaluation
+from gmvq_jax import faults
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -30,25 +59,122 @@ from gmvq_jax import train_lib
 
 RUNS_SUBDIR = "runs"
 RESULT_NAME = "result.json"
-# (key in a result, column header, format) of table.md / table.csv, in order.
+# (key in a run's row, column header, format, measured) of table.md /
+# table.csv after the method, in order. A measured figure is shown as
+# mean ± std over seeds (CSV: <key>_mean and <key>_std); the others are fixed
+# by the config.
 COLUMNS = (
-    ("method", "method", "{}"),
-    ("mse_x1e3", "MSE x1e-3", "{:.2f}"),
-    ("psnr", "PSNR dB", "{:.2f}"),
-    ("perplexity", "perplexity (paper)", "{:.1f}"),
-    ("hard_perplexity", "hard perplexity", "{:.1f}"),
-    ("code_usage", "code usage", "{:.3f}"),
-    ("bits_per_image", "bits/image", "{:.0f}"),
-    ("train_seconds", "train s", "{:.0f}"),
+    ("mse_x1e3", "MSE x1e-3", "{:.2f}", True),
+    ("psnr", "PSNR dB", "{:.2f}", True),
+    ("perplexity", "perplexity (paper)", "{:.1f}", True),
+    ("hard_perplexity", "hard perplexity", "{:.1f}", True),
+    ("code_usage", "code usage", "{:.3f}", True),
+    ("bits_per_image", "bits/image", "{:.0f}", False),
+    ("train_seconds", "train s", "{:.0f}", True),
 )
+# Keys of a run's row fixed by its config or its place in the protocol, not
+# measured: the same for every seed of a method, so not averaged.
+CONSTANT_KEYS = ("method", "steps", "bits_per_image", "seed", "lr_multiplier", "peak_lr")
 
 
 def method_config(compare_config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """The training config of one method: the shared `train` fields plus its quantizer."""
+  """The training config of one method: the shared `train` fields, its quantizer and steps."""
   config = copy.deepcopy(compare_config.train)
   config.method = name
   config.quantizer = copy.deepcopy(compare_config.quantizers[name])
+  steps = _method_steps(compare_config).get(name)
+  if steps is not None:
+    config.num_steps = steps
   return config
+
+
+def run_config(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier: float,
+               seed: int) -> ml_collections.ConfigDict:
+  """The config of one run: the method's, at seed `seed` and peak lr x `lr_multiplier`."""
+  config = method_config(compare_config, name)
+  config.seed = int(seed)
+  config.optimizer.peak_lr = float(lr_multiplier) * compare_config.train.optimizer.peak_lr
+  return config
+
+
+def run_dir_name(lr_multiplier: float, seed: int) -> str:
+  """The directory of one run under WORKDIR/runs/<method>/, e.g. 'lr0.5_seed0'."""
+  return f"lr{float(lr_multiplier)!r}_seed{int(seed)}"
+
+
+def choose_lr(lr_grid: Sequence[float], val_mses: Sequence[Optional[float]]) -> float:
+  """The multiplier of `lr_grid` whose validation MSE is lowest.
+
+  Args:
+    lr_grid: the multipliers, in the config's order.
+    val_mses: the final val MSE of the run at each multiplier, in the same
+      order; None or NaN for a run that diverged (never chosen).
+
+  Returns:
+    The multiplier with the lowest val MSE; of equal ones, the first in the grid.
+
+  Raises:
+    ValueError: the lengths differ, or no run has a finite val MSE.
+  """
+  if len(lr_grid) != len(val_mses):
+    raise ValueError(f"{len(lr_grid)} multipliers but {len(val_mses)} val MSEs.")
+  best = None
+  for multiplier, mse in zip(lr_grid, val_mses):
+    if mse is None or not math.isfinite(mse):
+      continue
+    if best is None or mse < best[1]:
+      best = (multiplier, mse)
+  if best is None:
+    raise ValueError(f"no multiplier of lr_grid={tuple(lr_grid)} has a finite val MSE.")
+  return best[0]
+
+
+def _method_steps(compare_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return dict(compare_config.method_steps.items())
+
+
+def _get(compare_config: ml_collections.ConfigDict, field: str) -> Any:
+  if field not in compare_config:
+    raise config_checks.ConfigError(
+        f"config.{field} is missing; build compare configs with"
+        " configs.compare_demo.compare_config, which sets seeds, lr_grid and method_steps.")
+  return compare_config[field]
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_protocol(compare_config: ml_collections.ConfigDict, names: Sequence[str]) -> None:
+  """Checks seeds, lr_grid and method_steps; ConfigError naming the field otherwise."""
+  seeds = _get(compare_config, "seeds")
+  if (not isinstance(seeds, (tuple, list)) or not seeds
+      or not all(_is_int(seed) and seed >= 0 for seed in seeds)):
+    raise config_checks.ConfigError(
+        f"config.seeds={seeds!r} is invalid: must be a non-empty tuple of integers >= 0.")
+  if len(set(seeds)) != len(seeds):
+    raise config_checks.ConfigError(f"config.seeds={tuple(seeds)} lists a seed twice.")
+  grid = _get(compare_config, "lr_grid")
+  if (not isinstance(grid, (tuple, list)) or not grid
+      or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m)
+                 and m > 0 for m in grid)):
+    raise config_checks.ConfigError(
+        f"config.lr_grid={grid!r} is invalid: must be a non-empty tuple of finite numbers > 0"
+        " (multipliers of train.optimizer.peak_lr).")
+  if len({float(m) for m in grid}) != len(grid):
+    raise config_checks.ConfigError(f"config.lr_grid={tuple(grid)} lists a multiplier twice.")
+  steps = _get(compare_config, "method_steps")
+  if not isinstance(steps, (ml_collections.ConfigDict, dict)):
+    raise config_checks.ConfigError(
+        f"config.method_steps={steps!r} is invalid: must map method names to numbers of steps.")
+  for name, value in dict(steps.items()).items():
+    if name not in names:
+      raise config_checks.ConfigError(
+          f"config.method_steps names {name!r}, which is not in config.methods"
+          f" ({', '.join(names)}).")
+    if not _is_int(value) or value < 1:
+      raise config_checks.ConfigError(
+          f"config.method_steps.{name}={value!r} is invalid: must be an integer >= 1.")
 
 
 def check(compare_config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
@@ -56,7 +182,8 @@ def check(compare_config: ml_collections.ConfigDict, num_devices: int) -> list[s
 
   Raises:
     config_checks.ConfigError: a method that is not registered, has no
-      quantizer fields, or whose config is invalid; the message names it.
+      quantizer fields, or whose config is invalid (at every multiplier of
+      lr_grid); bad seeds, lr_grid or method_steps. The message names it.
   """
   names = list(compare_config.methods)
   if not names:
@@ -73,16 +200,20 @@ def check(compare_config: ml_collections.ConfigDict, num_devices: int) -> list[s
       raise config_checks.ConfigError(
           f"config.quantizers has no fields for {name!r}; add"
           f" methods.quantizer_config({name!r}) to the compare config.")
-    try:
-      config_checks.validate(method_config(compare_config, name), num_devices)
-    except config_checks.ConfigError as error:
-      raise config_checks.ConfigError(f"method {name!r}: {error}") from error
+  _check_protocol(compare_config, names)
+  for name in names:
+    for multiplier in compare_config.lr_grid:
+      try:
+        config_checks.validate(run_config(compare_config, name, multiplier,
+                                          compare_config.seeds[0]), num_devices)
+      except config_checks.ConfigError as error:
+        raise config_checks.ConfigError(f"method {name!r}: {error}") from error
   return names
 
 
 def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str, Any],
                 train_seconds: float, run_dir: str) -> dict[str, Any]:
-  """One table row from a finished run (GQ: converted to tokens first)."""
+  """One run's row from its test figures (GQ: converted to tokens first)."""
   row = dict(method=name, steps=int(config.num_steps), bits_per_image=methods.bits_per_image(config),
              train_seconds=train_seconds)
   if methods.family(config) == "gq":
@@ -99,47 +230,187 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   return row
 
 
-def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: str) -> dict:
-  """Trains and evaluates one method under WORKDIR/runs/<name>; returns its row.
+def final_val_figures(run_dir: str, num_steps: int) -> dict[str, Any]:
+  """The figures of the `val` record at step `num_steps` of RUN_DIR/metrics.jsonl.
 
-  A method with a result.json is not run again (its row is read back); a
-  method with checkpoints but no result resumes from its latest one.
+  Only records with split 'val' are read: the test split never reaches the
+  lr choice.
   """
-  config = method_config(compare_config, name)
-  run_dir = os.path.join(workdir, RUNS_SUBDIR, name)
+  records = [r for r in metric_writers.read_metrics(run_dir)
+             if r.get("split") == "val" and r.get("step") == num_steps]
+  if not records:
+    raise FileNotFoundError(f"{run_dir}/metrics.jsonl has no 'val' record at the final step"
+                            f" {num_steps}; delete {run_dir} to retrain it.")
+  return {k: v for k, v in records[-1].items() if k not in ("step", "split")}
+
+
+def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier: float, seed: int,
+            workdir: str, *, tuning: bool = False) -> dict[str, Any]:
+  """Trains and evaluates one (lr, seed) run of a method, or reads back its result.
+
+  The run lives in WORKDIR/runs/<name>/<run_dir_name>. One with a
+  result.json is not run again (a changed config is refused); one with
+  checkpoints but no result resumes from its latest one.
+
+  Args:
+    tuning: a tuning run: one that stops on non-finite values is recorded
+      as diverged (result `diverged`: the message; no row, no val) instead
+      of stopping the comparison.
+
+  Returns:
+    {lr_multiplier, seed, config, val (final val figures), row (test, `_result_row`
+    plus seed, lr_multiplier, peak_lr)}, as in its result.json.
+  """
+  config = run_config(compare_config, name, lr_multiplier, seed)
+  run_dir = os.path.join(workdir, RUNS_SUBDIR, name, run_dir_name(lr_multiplier, seed))
   result_path = os.path.join(run_dir, RESULT_NAME)
+  config_json = json.loads(config.to_json())
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       result = json.load(f)
-    if result["config"] != json.loads(config.to_json()):
+    if result["config"] != config_json:
       raise config_checks.ConfigError(
           f"{result_path} was made with another config for {name!r}; use a new --workdir, or"
           f" delete {run_dir} to retrain it.")
-    logging.info("%s: finished before, skipped (%s).", name, result_path)
-    return result["row"]
-  logging.info("%s: training %d steps in %s.", name, config.num_steps, run_dir)
+    logging.info("%s lr x%g seed %d: finished before, skipped (%s).", name, lr_multiplier, seed,
+                  result_path)
+    return result
+  logging.info("%s lr x%g seed %d: training %d steps at peak lr %g in %s.", name, lr_multiplier,
+               seed, config.num_steps, config.optimizer.peak_lr, run_dir)
+  result = dict(lr_multiplier=float(lr_multiplier), seed=int(seed), config=config_json)
   started = time.perf_counter()
-  figures = train_lib.train_and_evaluate(config, run_dir)
+  try:
+    figures = train_lib.train_and_evaluate(config, run_dir)
+  except faults.NonFiniteError as error:
+    if not tuning:
+      raise
+    logging.warning("%s lr x%g seed %d diverged; never chosen: %s", name, lr_multiplier, seed,
+                    error)
+    result.update(diverged=str(error), val=None, row=None)
+    os.makedirs(run_dir, exist_ok=True)
+    evaluation.write_json(result_path, result)
+    return result
   train_seconds = time.perf_counter() - started
+  val = final_val_figures(run_dir, int(config.num_steps))
   row = _result_row(name, config, figures, train_seconds, run_dir)
-  evaluation.write_json(result_path, dict(row=row, config=json.loads(config.to_json())))
+  row.update(seed=int(seed), lr_multiplier=float(lr_multiplier),
+             peak_lr=float(config.optimizer.peak_lr))
+  result.update(val=val, row=row)
+  evaluation.write_json(result_path, result)
+  return result
+
+
+def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """A method's row from its runs' rows (one per seed, same lr).
+
+  Every numeric key outside CONSTANT_KEYS becomes `<key>_mean` and
+  `<key>_std` (population std, numpy's default); method, steps and
+  bits_per_image are copied from the first row.
+  """
+  first = per_seed[0]
+  row = {key: first[key] for key in ("method", "steps", "bits_per_image") if key in first}
+  for key, value in first.items():
+    if key in CONSTANT_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
+      continue
+    values = np.asarray([float(seed_row[key]) for seed_row in per_seed])
+    row[f"{key}_mean"] = float(np.mean(values))
+    row[f"{key}_std"] = float(np.std(values))
   return row
 
 
+def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: str) -> dict:
+  """The protocol of the module docstring for one method; returns its row.
+
+  The row also holds `per_seed` (each seed's run row) and `tuning` (each
+  multiplier's peak lr, val MSE or None if it diverged, and whether it was
+  chosen); it is written to WORKDIR/runs/<name>/result.json.
+  """
+  seeds = [int(seed) for seed in compare_config.seeds]
+  grid = [float(m) for m in compare_config.lr_grid]
+  tuned = [run_one(compare_config, name, m, seeds[0], workdir, tuning=True) for m in grid]
+  val_mses = [None if result.get("diverged") else result["val"]["mse"] for result in tuned]
+  try:
+    chosen = choose_lr(grid, val_mses)
+  except ValueError as error:
+    raise config_checks.ConfigError(
+        f"method {name!r}: every tuning run diverged ({error}); add smaller multipliers to"
+        " config.lr_grid.") from error
+  index = grid.index(chosen)
+  results = [tuned[index]] + [run_one(compare_config, name, chosen, seed, workdir)
+                              for seed in seeds[1:]]
+  per_seed = [result["row"] for result in results]
+  base_lr = float(compare_config.train.optimizer.peak_lr)
+  row = summarize(per_seed)
+  row.update(lr_multiplier=chosen, peak_lr=per_seed[0]["peak_lr"], num_seeds=len(seeds),
+             seeds=seeds, per_seed=per_seed,
+             tuning=[dict(lr_multiplier=m, peak_lr=m * base_lr, seed=seeds[0], val_mse=mse,
+                          chosen=i == index) for i, (m, mse) in enumerate(zip(grid, val_mses))])
+  evaluation.write_json(os.path.join(workdir, RUNS_SUBDIR, name, RESULT_NAME), dict(row=row))
+  return row
+
+
+def _number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def format_table(rows: Sequence[dict]) -> tuple[str, str]:
-  """(Markdown, CSV) of the rows, columns as COLUMNS; CSV keeps full precision."""
-  header = [title for _, title, _ in COLUMNS]
+  """(Markdown, CSV) of the method rows; CSV keeps full precision.
+
+  Markdown: method, the COLUMNS (measured ones as `mean ± std`) and the
+  chosen peak lr with its multiplier. CSV: method, `<figure>_mean` and
+  `<figure>_std` of each measured figure, bits_per_image, then
+  lr_multiplier, peak_lr, num_seeds, steps.
+  """
+  header = ["method"] + [title for _, title, _, _ in COLUMNS] + ["chosen peak lr"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for row in rows:
-    cells = [fmt.format(row[key]) if isinstance(row.get(key), (int, float)) or key == "method"
-             else "n/a" for key, _, fmt in COLUMNS]
+    cells = [row["method"]]
+    for key, _, fmt, measured in COLUMNS:
+      values = [row.get(f"{key}_mean"), row.get(f"{key}_std")] if measured else [row.get(key)]
+      cells.append(" ± ".join(fmt.format(value) for value in values)
+                   if all(_number(value) for value in values) else "n/a")
+    cells.append(f"{row['peak_lr']:.3g} (x{row['lr_multiplier']:g})")
     lines.append("| " + " | ".join(cells) + " |")
+  keys = ["method"]
+  for key, _, _, measured in COLUMNS:
+    keys += [f"{key}_mean", f"{key}_std"] if measured else [key]
+  keys += ["lr_multiplier", "peak_lr", "num_seeds", "steps"]
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow([key for key, _, _ in COLUMNS])
+  writer.writerow(keys)
   for row in rows:
-    writer.writerow([row.get(key, "") for key, _, _ in COLUMNS])
+    writer.writerow([row.get(key, "") for key in keys])
   return "\n".join(lines) + "\n", buffer.getvalue()
+
+
+def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
+  """(Markdown, CSV) of every method's final val MSE at every lr multiplier.
+
+  Markdown: one row per method, one column per multiplier (val MSE x1e-3,
+  the chosen one in bold, 'diverged' for a run that stopped on non-finite
+  values). CSV, one line per (method, multiplier): method, lr_multiplier,
+  peak_lr, seed, val_mse (empty if diverged), chosen.
+  """
+  grid = [entry["lr_multiplier"] for entry in rows[0]["tuning"]] if rows else []
+  header = ["method"] + [f"x{m:g} (peak lr {entry['peak_lr']:.3g})"
+                         for m, entry in zip(grid, rows[0]["tuning"] if rows else [])]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  keys = ("method", "lr_multiplier", "peak_lr", "seed", "val_mse", "chosen")
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(keys)
+  for row in rows:
+    cells = [row["method"]]
+    for entry in row["tuning"]:
+      mse = entry["val_mse"]
+      cell = "diverged" if mse is None else f"{1e3 * mse:.2f}"
+      cells.append(f"**{cell}**" if entry["chosen"] else cell)
+      writer.writerow([row["method"]] + [("" if entry[key] is None else entry[key])
+                                         for key in keys[1:]])
+    lines.append("| " + " | ".join(cells) + " |")
+  caption = ("Final val MSE x1e-3 of the tuning runs (one seed) at each multiplier of"
+             " train.optimizer.peak_lr; bold: chosen (lowest).\n\n")
+  return caption + "\n".join(lines) + "\n", buffer.getvalue()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -155,7 +426,7 @@ def _save_figure(figure, path: str) -> None:
   os.replace(tmp, path)
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str) -> None:
+def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> None:
   """Training loss, reconstruction MSE and batch perplexity against step, one line per method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -172,53 +443,75 @@ def plot_curves(histories: dict[str, list[dict]], path: str) -> None:
       if points:
         steps, values = zip(*points)
         axis.plot(steps, values, label=name, color=colours(index % 20), linewidth=1.2)
-  for axis, (_, title, scale) in zip(axes, panels):
-    axis.set_title(title)
+  for axis, (_, panel_title, scale) in zip(axes, panels):
+    axis.set_title(panel_title)
     axis.set_xlabel("step")
     axis.set_yscale(scale)
     axis.grid(alpha=0.3)
+  if title:
+    figure.suptitle(title)
   axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
   _save_figure(figure, path)
   plt.close(figure)
 
 
 def plot_scatter(rows: Sequence[dict], path: str) -> None:
-  """Test MSE against hard perplexity, one labelled point per method."""
+  """Test MSE against hard perplexity, one labelled point per method, error bars one std."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   figure, axis = plt.subplots(figsize=(7.5, 5.5))
   for row in rows:
-    axis.scatter(row["hard_perplexity"], row["mse_x1e3"], s=28)
-    axis.annotate(row["method"], (row["hard_perplexity"], row["mse_x1e3"]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
+    x, y = row["hard_perplexity_mean"], row["mse_x1e3_mean"]
+    axis.errorbar(x, y, xerr=row["hard_perplexity_std"], yerr=row["mse_x1e3_std"], fmt="o",
+                  markersize=4, capsize=2, elinewidth=0.8)
+    axis.annotate(row["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
   axis.set_xscale("log")
   axis.set_xlabel("hard perplexity of the test codes (log scale)")
   axis.set_ylabel("test MSE x1e-3")
-  axis.set_title("distortion against code use")
+  num_seeds = sorted({row["num_seeds"] for row in rows})
+  axis.set_title("distortion against code use (mean ± std over"
+                 f" {'/'.join(map(str, num_seeds))} seeds)")
   axis.grid(alpha=0.3)
   _save_figure(figure, path)
   plt.close(figure)
 
 
+def _check_layout(workdir: str, names: Sequence[str]) -> None:
+  """Refuses a workdir whose method directories are runs of the single-seed comparison."""
+  for name in names:
+    method_dir = os.path.join(workdir, RUNS_SUBDIR, name)
+    if any(os.path.exists(os.path.join(method_dir, entry))
+           for entry in ("checkpoints", "metrics.jsonl")):
+      raise config_checks.ConfigError(
+          f"{method_dir} holds a run of the earlier single-seed comparison (one run per method);"
+          " runs now live in <method>/lr<multiplier>_seed<seed>/. Use a new --workdir.")
+
+
 def compare(compare_config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs (or resumes) every method of the config and writes the four outputs.
+  """Runs (or resumes) the protocol of the module docstring for every method; writes the outputs.
 
   Returns:
-    The table's rows, in the config's method order.
+    The methods' rows (see `run_method`), in the config's method order.
   """
   strategy = parallel.make(compare_config.train.parallelism)
   names = check(compare_config, strategy.num_devices)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
+  _check_layout(workdir, names)
   rows, histories = [], {}
+  first_seed = int(compare_config.seeds[0])
   for name in names:
-    rows.append(run_method(compare_config, name, workdir))
-    histories[name] = metric_writers.read_metrics(os.path.join(workdir, RUNS_SUBDIR, name))
-  markdown, csv_text = format_table(rows)
-  _write_text(os.path.join(workdir, "table.md"), markdown)
-  _write_text(os.path.join(workdir, "table.csv"), csv_text)
-  plot_curves(histories, os.path.join(workdir, "curves.png"))
+    row = run_method(compare_config, name, workdir)
+    rows.append(row)
+    histories[name] = metric_writers.read_metrics(os.path.join(
+        workdir, RUNS_SUBDIR, name, run_dir_name(row["lr_multiplier"], first_seed)))
+  for stem, (markdown, csv_text) in (("table", format_table(rows)),
+                                     ("tuning", format_tuning(rows))):
+    _write_text(os.path.join(workdir, f"{stem}.md"), markdown)
+    _write_text(os.path.join(workdir, f"{stem}.csv"), csv_text)
+  plot_curves(histories, os.path.join(workdir, "curves.png"),
+              title=f"seed {first_seed} at each method's chosen lr")
   plot_scatter(rows, os.path.join(workdir, "scatter.png"))
   return rows

@@ -1,13 +1,20 @@
 """The comparison table: `python -m launch.compare --config=configs/compare_demo.py --workdir=DIR`.
 
-Trains every method the config lists (same network, data, steps and seed),
-one after another under DIR/runs/<method>/, evaluates each on the test split
-(GQ after its offline conversion to tokens) and writes DIR/table.md,
-DIR/table.csv, DIR/curves.png and DIR/scatter.png. Rerunning skips the
-methods that finished and resumes the one that was interrupted. Override a
-field of every method with --config.train.FIELD=VALUE, of one method's
-quantizer with --config.quantizers.METHOD.FIELD=VALUE, and choose methods
-with --config.methods='("vqvae","gmvq")'.
+Every method the config lists gets the same protocol (same network, data,
+steps and tuning budget; `gmvq_jax.comparison`): seed seeds[0] is trained at
+each multiplier of lr_grid times train.optimizer.peak_lr, the one with the
+lowest final validation MSE is chosen, the other seeds are trained at it,
+and the table reports the test figures' mean ± std over the seeds (GQ after
+its offline conversion to tokens). Runs live in
+DIR/runs/<method>/lr<multiplier>_seed<seed>/; the outputs are DIR/table.md,
+table.csv, tuning.md, tuning.csv (val MSE at every multiplier), curves.png
+and scatter.png. Rerunning skips the runs that finished and resumes the one
+that was interrupted. Override a field of every method with
+--config.train.FIELD=VALUE, of one method's quantizer with
+--config.quantizers.METHOD.FIELD=VALUE, choose methods with
+--config.methods='("vqvae","gmvq")', and set the protocol with
+--config.seeds='(0,1,2)', --config.lr_grid='(0.5,1.0,2.0)' and
+--config.method_steps="{'gq': 1200}".
 """
 
 from absl import app
@@ -30,7 +37,8 @@ def main(argv):
     comparison.compare(_CONFIG.value, _WORKDIR.value)
   with open(f"{_WORKDIR.value}/table.md", encoding="utf-8") as f:
     print(f.read())
-  print("Wrote table.md, table.csv, curves.png and scatter.png in", _WORKDIR.value)
+  print("Wrote table.md, table.csv, tuning.md, tuning.csv, curves.png and scatter.png in",
+        _WORKDIR.value)
 
 
 if __name__ == "__main__":
