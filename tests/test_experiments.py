@@ -19,6 +19,8 @@ EXPECTED_KEYS = {
     "beta_effect": ("summary", "runs"),
     "albo_vs_elbo": ("summary", "runs"),
     "gq_rate": ("by_group_size", "log2_k_sweep"),
+    "gamma_sweep": ("chosen", "rule", "summary", "runs"),
+    "dead_codes": ("chosen", "rule", "summary", "runs", "reachable_over_training"),
 }
 SWEEP_METRICS = ("mse", "perplexity", "hard_perplexity", "code_usage", "posterior_entropy")
 
@@ -33,10 +35,11 @@ def _env():
 
 class ExperimentSmokeTest(parameterized.TestCase):
 
-  def run_script(self, name):
+  def run_script(self, name, *flags):
     output_dir = tempfile.mkdtemp(prefix=f"{name}_")
     result = subprocess.run(
-        [sys.executable, "-m", f"experiments.{name}", "--smoke", f"--output_dir={output_dir}"],
+        [sys.executable, "-m", f"experiments.{name}", "--smoke", f"--output_dir={output_dir}",
+         *flags],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
     png, json_path = (os.path.join(output_dir, f"{name}.{ext}") for ext in ("png", "json"))
@@ -49,7 +52,41 @@ class ExperimentSmokeTest(parameterized.TestCase):
     self.assertTrue(payload["smoke"])
     self.assertIn(f"experiments.{name}", payload["command"])
     self.assertIn("--smoke", payload["command"])
+    payload["output_dir"] = output_dir
     return payload
+
+  def test_gamma_sweep_chooses_on_validation_and_resumes(self):
+    payload = self.run_script("gamma_sweep")
+    summary = payload["summary"]
+    self.assertEqual(list(summary["gamma"]), ["0.001", "0.003"])  # Smoke: two values, one seed.
+    self.assertEqual(list(summary["beta"]), ["2", "5"])
+    best = min(summary["gamma"], key=lambda g: summary["gamma"][g]["val"]["mse"]["mean"])
+    self.assertEqual(payload["chosen"]["gamma"], float(best))
+    for stage in ("gamma", "beta"):
+      for figures in summary[stage].values():
+        self.assertNotEqual(figures["val"]["mse"]["mean"], figures["test"]["mse"]["mean"])
+        self.assertEqual(figures["val"]["mse"]["std"], 0.0)  # One seed.
+    self.assertLen(payload["runs"], 4)
+    # A rerun finds every run on disk and trains nothing.
+    runs_dir = os.path.join(payload["output_dir"], "runs")
+    before = {n: os.path.getmtime(os.path.join(runs_dir, n)) for n in os.listdir(runs_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.gamma_sweep", "--smoke",
+         f"--output_dir={payload['output_dir']}"], cwd=REPO, env=_env(), capture_output=True,
+        text=True, timeout=600, check=False)
+    self.assertEqual(result.returncode, 0, msg=result.stderr[-3000:])
+    self.assertNotIn("seed 0: val mse", result.stdout)
+    self.assertEqual(before, {n: os.path.getmtime(os.path.join(runs_dir, n))
+                              for n in os.listdir(runs_dir)})
+
+  def test_dead_codes(self):
+    payload = self.run_script("dead_codes", "--gamma=0.01")
+    self.assertEqual(list(payload["summary"]["val"]), ["init", "batches", "warmup", "recenter"])
+    self.assertEqual(payload["settings"]["variants"]["warmup"], dict(kmeans_init_step=1))
+    for curve in payload["reachable_over_training"].values():
+      self.assertTrue(all(0.0 <= v <= 1.0 for v in curve["mean"]))
+    for run in payload["runs"]:
+      self.assertBetween(run["val"]["reachable_codes"], run["val"]["code_usage"], 1.0)
 
   def test_gumbel_bias(self):
     payload = self.run_script("gumbel_bias")
