@@ -36,9 +36,11 @@ PLOTTED = dict(mse="validation MSE", hard_perplexity="validation hard-code perpl
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", f"experiments/results/{NAME}",
                                   "Where the runs, gamma_sweep.png and gamma_sweep.json go.")
-_GAMMAS = flags.DEFINE_list("gammas", ["0.001", "0.003", "0.01", "0.03", "0.1", "0.3"],
+_GAMMAS = flags.DEFINE_list("gammas", ["0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1"],
                             "Stage 1: gamma values (beta = 1).")
-_BETAS = flags.DEFINE_list("betas", ["2", "5", "10", "20"],
+# The KL term weighs gamma * beta per nat and latent position, so at a small
+# gamma only a large beta changes the code usage: a wide log grid.
+_BETAS = flags.DEFINE_list("betas", ["10", "100", "1000", "10000"],
                            "Stage 2: beta values (GM-VQ + Entropy) at the chosen gamma.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 500, "Training steps of every run.")

@@ -168,10 +168,12 @@ def _check_protocol(compare_config: ml_collections.ConfigDict, names: Sequence[s
     raise config_checks.ConfigError(
         f"config.method_steps={steps!r} is invalid: must map method names to numbers of steps.")
   for name, value in dict(steps.items()).items():
-    if name not in names:
+    # Any registered method may be named, so that a run over a subset of the
+    # methods (--config.methods=...) keeps the full config's method_steps.
+    if name not in methods.METHODS:
       raise config_checks.ConfigError(
-          f"config.method_steps names {name!r}, which is not in config.methods"
-          f" ({', '.join(names)}).")
+          f"config.method_steps names {name!r}, which is not a registered method; known"
+          f" methods: {', '.join(methods.NAMES)}.")
     if not _is_int(value) or value < 1:
       raise config_checks.ConfigError(
           f"config.method_steps.{name}={value!r} is invalid: must be an integer >= 1.")

@@ -329,7 +329,7 @@ class ProtocolTest(absltest.TestCase):
         ("lr_grid", (), "config.lr_grid=.*non-empty"),
         ("lr_grid", (1.0, 0.0), "config.lr_grid=.*> 0"),
         ("lr_grid", (1, 1.0), "lists a multiplier twice"),
-        ("method_steps", {"vqvae": 3}, "'vqvae', which is not in config.methods"),
+        ("method_steps", {"vqgan": 3}, "'vqgan', which is not a registered method"),
         ("method_steps", {"fsq": 0}, r"method_steps.fsq=0 .*integer >= 1"),
         ("method_steps", {"fsq": 2.5}, r"method_steps.fsq=2.5 .*integer >= 1"),
         ("method_steps", {"fsq": True}, r"method_steps.fsq=True .*integer >= 1"),

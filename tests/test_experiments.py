@@ -58,8 +58,8 @@ class ExperimentSmokeTest(parameterized.TestCase):
   def test_gamma_sweep_chooses_on_validation_and_resumes(self):
     payload = self.run_script("gamma_sweep")
     summary = payload["summary"]
-    self.assertEqual(list(summary["gamma"]), ["0.001", "0.003"])  # Smoke: two values, one seed.
-    self.assertEqual(list(summary["beta"]), ["2", "5"])
+    self.assertEqual(list(summary["gamma"]), ["0.0001", "0.0003"])  # Smoke: two values, one seed.
+    self.assertEqual(list(summary["beta"]), ["10", "100"])
     best = min(summary["gamma"], key=lambda g: summary["gamma"][g]["val"]["mse"]["mean"])
     self.assertEqual(payload["chosen"]["gamma"], float(best))
     for stage in ("gamma", "beta"):
