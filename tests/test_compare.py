@@ -375,7 +375,14 @@ class ConfigTest(absltest.TestCase):
         self.assertEqual(config.train.batch_size % 4, 0)
         self.assertEqual(tuple(config.seeds), (0, 1) if variant else (0, 1, 2))
         self.assertEqual(tuple(config.lr_grid), (0.5, 1.0) if variant else (0.5, 1.0, 2.0))
-        self.assertEqual(config.method_steps.to_dict(), {})
+        if module is compare_demo and not variant:  # Headline methods train longer.
+          self.assertEqual(config.method_steps.to_dict(),
+                           {name: 2 * compare_demo.STEPS for name in compare_demo.HEADLINE})
+        else:
+          self.assertEqual(config.method_steps.to_dict(), {})
+        # The paper's protocol: every codebook in the encoder's space starts from k-means.
+        for name in ("vqvae", "vqvae_l2_replace", "sqvae", "gmvq"):
+          self.assertTrue(config.quantizers[name].kmeans_init, name)
 
   def test_launcher(self):
     workdir = tempfile.mkdtemp()
