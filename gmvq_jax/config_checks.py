@@ -13,6 +13,7 @@ import ml_collections
 
 from gmvq_jax import codebook_init
 from gmvq_jax import data
+from gmvq_jax import errors
 from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -23,7 +24,7 @@ METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config field has a value the library cannot run with."""
 
 

@@ -25,6 +25,7 @@ from gmvq_jax import checkpointing
 from gmvq_jax import codebook_init
 from gmvq_jax import config_checks
 from gmvq_jax import data
+from gmvq_jax import errors
 from gmvq_jax import faults
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
@@ -398,13 +399,8 @@ def evaluate(
   batch_size = config.eval_batch_size
   totals: dict[str, np.ndarray] = {}
   pairs = []
-  for images in dataset.eval_batches(batch_size, split=split):
-    real = images.shape[0]
-    mask = np.zeros((batch_size,), np.float32)
-    mask[:real] = 1.0
-    if real < batch_size:  # Pad so every batch has one shape: one compile.
-      pad = np.zeros((batch_size - real,) + images.shape[1:], images.dtype)
-      images = np.concatenate([images, pad])
+  for images, mask, real in pipeline.padded_batches(
+      dataset.eval_batches(batch_size, split=split), batch_size):
     sums, reconstructions = step_fn(state, images, mask)
     sums = jax.device_get(sums)
     for name, value in sums.items():
@@ -491,20 +487,18 @@ def train_and_evaluate(
       infinite and config.nonfinite is 'stop'; nothing after the last good
       checkpoint is saved.
     config_checks.ConfigError, checkpointing.CheckpointError,
-      NotADirectoryError, data errors: bad input, before any compilation.
+      errors.UserNotADirectoryError, data errors: bad input, before any compilation.
   """
   config_checks.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory (it is created"
+    raise errors.UserNotADirectoryError(f"--workdir={workdir} is a file; pass a directory (it is created"
                              " if absent). The file was left untouched.")
   strategy = parallel.make(config.parallelism)
   primary = jax.process_index() == 0
   logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
                jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
   if dataset is None:
-    dataset = data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
-                                data_dir=config.get("data_dir"),
-                                num_eval_examples=config.get("num_eval_examples"))
+    dataset = data.from_config(config)
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
 
