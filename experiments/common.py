@@ -232,7 +232,8 @@ def posterior_entropy(config: ml_collections.ConfigDict, state: train_lib.TrainS
 def _gaussian_test_step(state, images, *, config):
   model = train_lib.build_model(config)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
+                            config.quantizer.latent_channels)
   reconstructions = model.apply(variables, mu, False, method=model.decode)
   squared = jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3))
   return (gq.kl_bits(mu, logvar, config.quantizer.group_size), gq.kl_bits(mu, logvar, 1),

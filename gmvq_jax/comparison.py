@@ -218,7 +218,7 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   """One run's row from its test figures (GQ: converted to tokens first)."""
   row = dict(method=name, steps=int(config.num_steps), bits_per_image=methods.bits_per_image(config),
              train_seconds=train_seconds)
-  if methods.family(config) == "gq":
+  if conversion.converts(config):
     report = conversion.convert(run_dir, num_images=8)
     mse = report["mse_vq"]
     row.update(psnr=report["psnr_vq"], perplexity=report["token_perplexity"],
@@ -241,8 +241,9 @@ def final_val_figures(run_dir: str, num_steps: int) -> dict[str, Any]:
   records = [r for r in metric_writers.read_metrics(run_dir)
              if r.get("split") == "val" and r.get("step") == num_steps]
   if not records:
-    raise errors.UserFileNotFoundError(f"{run_dir}/metrics.jsonl has no 'val' record at the final step"
-                            f" {num_steps}; delete {run_dir} to retrain it.")
+    raise errors.UserFileNotFoundError(
+        f"{run_dir}/metrics.jsonl has no 'val' record at the final step"
+        f" {num_steps}; delete {run_dir} to retrain it.")
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")}
 
 

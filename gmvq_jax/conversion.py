@@ -23,6 +23,7 @@ from gmvq_jax import checkpointing
 from gmvq_jax import errors
 from gmvq_jax import evaluation
 from gmvq_jax import io as io_lib
+from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
@@ -84,8 +85,9 @@ def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     TokenFileError: not a token file (missing arrays, unreadable).
   """
   if not os.path.isfile(path):
-    raise errors.UserFileNotFoundError(f"--tokens={path} is not a file; `launch.quantize` writes them under"
-                            f" WORKDIR/{TOKENS_SUBDIR}/.")
+    raise errors.UserFileNotFoundError(
+        f"--tokens={path} is not a file; `launch.quantize` writes them under"
+        f" WORKDIR/{TOKENS_SUBDIR}/.")
   try:
     with np.load(path, allow_pickle=False) as contents:
       missing = {"tokens", "codebook", "metadata"} - set(contents.files)
@@ -158,7 +160,8 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, b
   model = train_lib.build_model(config)
   group = config.quantizer.group_size
   variables = _variables(state)
-  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
+                            config.quantizer.latent_channels)
   std = jnp.exp(0.5 * logvar)
   tokens = gq.quantize(mu.reshape(-1, group), std.reshape(-1, group), codebook, beta=beta)
   tokens = tokens.reshape(mu.shape[:-1] + (mu.shape[-1] // group,))
@@ -183,12 +186,17 @@ def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
 # --------------------------------------------------------------- the steps
 
 
+def converts(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run's config is one this offline conversion applies to (a GQ run)."""
+  return methods.get(config.method).quantizer_module() is gq
+
+
 def restore_gq_run(workdir: str):
   """(config, state, dataset) of a GQ workdir's latest checkpoint; ConversionError otherwise."""
   if not os.path.isdir(workdir):
     raise errors.UserFileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
   config = checkpointing.restore_config(workdir)
-  if config.method != "gq":
+  if not converts(config):
     raise ConversionError(
         f"--workdir={workdir} holds a {config.method!r} run; the offline conversion needs a GQ"
         " run (train with --config=configs/gq_demo.py or another gq_* config).")

@@ -1,4 +1,4 @@
-"""errors.UserError (every user error derives from it), io.atomic_write and the padded eval batches."""
+"""errors.UserError (every user error derives from it), io.atomic_write, padded eval batches."""
 
 import os
 import tempfile

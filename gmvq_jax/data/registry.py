@@ -125,7 +125,7 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
 
 
 def from_config(config: Any) -> ImageDataset:
-  """The dataset a training config names: its dataset, image_size, seed, data_dir, num_eval_examples."""
+  """The dataset a training config names (dataset, image_size, seed, data_dir, num_eval_examples)."""
   return make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
                       data_dir=config.get("data_dir"),
                       num_eval_examples=config.get("num_eval_examples"))

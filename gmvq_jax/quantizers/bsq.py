@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 from gmvq_jax.quantizers import lfq
 from gmvq_jax.quantizers import vq
 
@@ -136,3 +137,38 @@ def quantize(
       bit_usage=avg,
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
+  """The config fields of BSQ: log2(num_codes) bits per position (latent_dim is num_bits)."""
+  del latent_dim
+  return dict(num_bits=max(1, int(round(math.log2(num_codes)))), entropy_weight=0.1,
+              inv_temperature=1.0, commitment_weight=0.0)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  problems = lfq.check_bits(q)
+  if isinstance(q.get("num_bits"), int) and q.num_bits > 31:
+    problems.append(("quantizer.num_bits", q.num_bits, "must be <= 31 (int32 indices)"))
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """BSQ as a `Quantizer`: no parameters, no state."""
+  del num_steps
+
+  def apply(params, z, *, rng, temperature, train):
+    del rng, temperature
+    return quantize(None, z, entropy_weight=q.entropy_weight,
+                    commitment_weight=q.commitment_weight, inv_temperature=q.inv_temperature,
+                    axis_name=axis_name, train=train)
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      axis_name=axis_name)

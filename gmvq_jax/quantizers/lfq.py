@@ -6,12 +6,14 @@ codebook is {-1, 1}^L (2^L codes). Entropy penalty over the global batch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -154,3 +156,48 @@ def quantize(
       loss=loss,
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
+  """The config fields of LFQ: log2(num_codes) bits per position (latent_dim is num_bits)."""
+  del latent_dim
+  return dict(num_bits=max(1, int(round(math.log2(num_codes)))), entropy_weight=0.1,
+              diversity_weight=1.0, commitment_weight=0.25, inv_temperature=100.0)
+
+
+def check_bits(q: Any) -> list[interface.Problem]:
+  """Problems of the fields LFQ and BSQ share."""
+  return (interface.need_int(q, "num_bits", 1) + interface.need_number(q, "entropy_weight", 0.0)
+          + interface.need_number(q, "commitment_weight", 0.0)
+          + interface.need_number(q, "inv_temperature", 0.0, strict=True))
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  problems = check_bits(q)
+  if q.get("entropy_weight") and isinstance(q.get("num_bits"), int) \
+      and q.num_bits > MAX_ENTROPY_BITS:
+    problems.append(("quantizer.num_bits", q.num_bits,
+                     f"must be <= {MAX_ENTROPY_BITS} with an entropy penalty (LFQ forms"
+                     " the full 2^L distribution); set entropy_weight=0 or use bsq"))
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """LFQ as a `Quantizer`: no parameters, no state."""
+  del num_steps
+
+  def apply(params, z, *, rng, temperature, train):
+    del rng, temperature
+    return quantize(None, z, entropy_weight=q.entropy_weight,
+                    diversity_weight=q.diversity_weight, commitment_weight=q.commitment_weight,
+                    inv_temperature=q.inv_temperature, axis_name=axis_name, train=train)
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      axis_name=axis_name)
