@@ -77,6 +77,7 @@ _METHODS = (
            "Yu et al. 2023 (MAGVIT-v2, Sec. 3.1)"),
     Method("bsq", "bsq", "Binary spherical quantization: sign bits on the unit sphere",
            "Zhao et al. 2024 (BSQ, Sec. 3)"),
+    Method("rvq", "rvq", "Residual VQ: S stages of VQ on the residuals", "Zeghidour et al. 2021"),
 )
 METHODS = {method.name: method for method in _METHODS}
 NAMES = tuple(METHODS)

@@ -30,11 +30,11 @@ def _baseline_config(name, **overrides):
 
 class RegistryTest(parameterized.TestCase):
 
-  def test_names_are_the_fifteen_of_the_comparison(self):
+  def test_names_are_those_of_the_comparison(self):
     self.assertEqual(methods.NAMES, (
         "vqvae", "vqvae_l2", "vqvae_replace", "vqvae_l2_replace", "vqvae_affine", "vqvae_opt",
         "vqvae_affine_opt", "sqvae", "gumbel_vqvae", "gmvq", "gmvq_entropy", "gq", "fsq", "lfq",
-        "bsq"))
+        "bsq", "rvq"))
     for name in methods.NAMES:
       method = methods.get(name)
       self.assertTrue(method.description and method.source, name)
@@ -95,7 +95,10 @@ class BaselineTrainingTest(parameterized.TestCase):
     chex.assert_tree_all_finite(metrics)
     for key in ("loss", "recon", "quantizer_loss", "batch_perplexity", "batch_code_usage"):
       self.assertIn(key, metrics)
-    self.assertBetween(float(metrics["batch_perplexity"]), 1.0, methods.codebook_size(config))
+    quantizer = methods.make_quantizer(config)
+    # RVQ counts each of its stages' codes apart: S tokens of C codes a position.
+    codes = quantizer.codebook_size * quantizer.tokens_per_position
+    self.assertBetween(float(metrics["batch_perplexity"]), 1.0, codes)
     encoder_moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params["encoder"],
                                  new_state.params["encoder"])
     self.assertTrue(all(jax.tree.leaves(encoder_moved)), name)
@@ -103,8 +106,8 @@ class BaselineTrainingTest(parameterized.TestCase):
         new_state, dataset.train_batch(5, 8), np.array([1.0] * 6 + [0.0] * 2, np.float32))
     chex.assert_shape(reconstructions, (8, 16, 16, 3))
     counts = np.asarray(sums["code_counts"])
-    self.assertEqual(counts.shape, (methods.codebook_size(config),))
-    self.assertEqual(counts.sum(), 6 * 4 * 4)  # Masked rows do not count.
+    self.assertEqual(counts.shape, (codes,))
+    self.assertEqual(counts.sum(), 6 * 4 * 4 * quantizer.tokens_per_position)  # Not masked rows.
     self.assertBetween(float(sums["batch_perplexity_sum"]), 1.0, counts.size)
 
   def test_replacement_is_the_same_on_one_and_four_devices(self):
