@@ -5,10 +5,11 @@ train step, k-means init, checkpointing and evaluation) and compares every
 record of its metrics.jsonl (train figures of each logged step, final val and
 test figures) with tests/golden_figures.json, float for float.
 
-Cases: the 15 methods of configs/compare_demo.py:smoke (2 steps each, via
-`comparison.method_config`), and the GM-VQ and GQ demo configs at 200 steps
-(batch 16 instead of 64 and a warm-up of 20 steps, to keep the test
-affordable on a CPU).
+Cases: every method of configs/compare_demo.py:smoke (2 steps each, via
+`comparison.method_config`; the 15 recorded at c910825, before the
+quantizer interface; rvq when it was added), and the GM-VQ and GQ demo
+configs at 200 steps (batch 16 instead of 64 and a warm-up of 20 steps, to
+keep the test affordable on a CPU).
 
 A deliberate change of the numbers (a new default, a loss rescaled) records
 them again, in the same commit and with the reason in its message:
