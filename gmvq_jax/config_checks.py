@@ -107,10 +107,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
   _int_at_least(config, "model.num_res_blocks", 0)
 
-  for field, value, allowed in methods.check(config) + codebook_init.check(config):
-    if allowed is None:
-      _get(config, field)  # Raises: the field is missing.
-    _require(False, field, value, allowed)
+  for check in (methods.check, codebook_init.check):  # The fields before k-means of them.
+    for field, value, allowed in check(config):
+      if allowed is None:
+        _get(config, field)  # Raises: the field is missing.
+      _require(False, field, value, allowed)
 
   _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
   _number(config, "optimizer.weight_decay", minimum=0.0)

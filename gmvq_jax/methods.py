@@ -1,8 +1,9 @@
 """The method registry: each method's quantizer module and the overrides of its defaults.
 
 `config.method` names one of `NAMES`. A quantizer module (gmvq_jax/quantizers/)
-exports `defaults(num_codes, latent_dim)` (the only home of its defaults),
-`check(q, num_steps)` (problems of its fields) and `make(q, *, num_steps,
+exports `Config` (a frozen dataclass: its fields and the only home of their
+defaults, `Config.sized(num_codes, latent_dim)` those of one size),
+`check(q, num_steps)` (problems of its fields) and `make(config, *, num_steps,
 axis_name)` (its `interface.Quantizer`). Nothing outside this file and those
 modules asks which method a config runs.
 """
@@ -102,7 +103,7 @@ def quantizer_config(name: str, *, num_codes: int = 1024,
     latent_dim: L, the codeword width of codebook methods.
   """
   method = get(name)
-  fields = method.quantizer_module().defaults(num_codes, latent_dim)
+  fields = dataclasses.asdict(method.quantizer_module().Config.sized(num_codes, latent_dim))
   fields.update(method.overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -110,13 +111,20 @@ def quantizer_config(name: str, *, num_codes: int = 1024,
 def make_quantizer(config: ml_collections.ConfigDict,
                    axis_name: Any = None) -> interface.Quantizer:
   """The `Quantizer` of a training config (method, quantizer fields, num_steps)."""
-  return get(config.method).quantizer_module().make(
-      config.quantizer, num_steps=config.num_steps, axis_name=axis_name)
+  module = get(config.method).quantizer_module()
+  return module.make(module.Config(**config.quantizer), num_steps=config.num_steps,
+                     axis_name=axis_name)
 
 
 def check(config: ml_collections.ConfigDict) -> list[interface.Problem]:
   """Problems of config.quantizer as (field, value, what is allowed; None if missing)."""
-  return get(config.method).quantizer_module().check(config.quantizer, config.num_steps)
+  module = get(config.method).quantizer_module()
+  known = [field.name for field in dataclasses.fields(module.Config)]
+  unknown = [name for name in config.quantizer if name not in known]
+  if unknown:
+    return [(f"quantizer.{unknown[0]}", config.quantizer[unknown[0]],
+             f"not a field of {config.method!r} (its fields: {', '.join(known)})")]
+  return module.check(config.quantizer, config.num_steps)
 
 
 def codebook_size(config: ml_collections.ConfigDict) -> int:

@@ -56,7 +56,8 @@ class KMeansInitTest(parameterized.TestCase):
   def test_gumbel_vqvae_refuses_kmeans_init(self):
     config = tiny_configs.method_config("gumbel_vqvae")
     config.quantizer.kmeans_init = True
-    with self.assertRaisesRegex(config_checks.ConfigError, "quantizer.kmeans_init.*nothing to"):
+    with self.assertRaisesRegex(config_checks.ConfigError,
+                                "quantizer.kmeans_init.*not a field of 'gumbel_vqvae'"):
       config_checks.validate(config, 1)
 
   @parameterized.parameters(("kmeans_batches", 0), ("kmeans_init_step", 4),

@@ -1,5 +1,6 @@
 """The method registry and the baselines in the training harness."""
 
+import dataclasses
 import functools
 
 from absl.testing import absltest
@@ -39,6 +40,20 @@ class RegistryTest(parameterized.TestCase):
       method = methods.get(name)
       self.assertTrue(method.description and method.source, name)
       self.assertIn(f"`{name}`", methods.describe())
+
+  def test_quantizer_configs_are_frozen_dataclasses_of_valid_defaults(self):
+    for name in methods.NAMES:
+      config = methods.get(name).quantizer_module().Config.sized(16, 4)
+      field = dataclasses.fields(config)[0].name
+      with self.assertRaises(dataclasses.FrozenInstanceError):
+        setattr(config, field, 3)
+      self.assertEqual(config.validate(num_steps=10), [], name)
+
+  def test_a_field_of_another_method_is_refused(self):
+    config = _baseline_config("vqvae", **{"quantizer.beta": 10.0})
+    with self.assertRaisesRegex(config_checks.ConfigError,
+                                "quantizer.beta=10.0 is invalid: not a field of 'vqvae'"):
+      config_checks.validate(config, num_devices=1)
 
   def test_unknown_name_lists_the_known_ones(self):
     with self.assertRaisesRegex(ValueError, "'vqgan'.*vqvae, vqvae_l2, .*bsq"):

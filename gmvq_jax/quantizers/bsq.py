@@ -7,6 +7,7 @@ entropy penalty is factorised over bits, so any L is affordable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -142,11 +143,22 @@ def quantize(
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of BSQ: log2(num_codes) bits per position (latent_dim is num_bits)."""
-  del latent_dim
-  return dict(num_bits=max(1, int(round(math.log2(num_codes)))), entropy_weight=0.1,
-              inv_temperature=1.0, commitment_weight=0.0)
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """BSQ's fields and defaults; num_bits is the latent width."""
+
+  num_bits: int
+  entropy_weight: float = 0.1
+  inv_temperature: float = 1.0
+  commitment_weight: float = 0.0
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim  # log2(num_codes) bits per position.
+    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

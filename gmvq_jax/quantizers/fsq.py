@@ -6,6 +6,7 @@ values; the implicit codebook is the product grid. No loss, no parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -169,10 +170,19 @@ def default_levels(num_codes: int) -> tuple[int, ...]:
   return RECOMMENDED_LEVELS[size]
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of FSQ: the levels of ~num_codes codes (latent_dim is len(levels))."""
-  del latent_dim
-  return dict(levels=default_levels(num_codes))
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """FSQ's one field: the levels per channel (their number is the latent width)."""
+
+  levels: tuple[int, ...]
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim
+    return cls(levels=default_levels(num_codes))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -6,6 +6,7 @@ Pure functions on flattened `(N, L)` latents, as specified in ALGORITHMS.md §1
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -292,14 +293,33 @@ def temperature_schedule(
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of GM-VQ and their defaults: the single home of each."""
-  return dict(num_codes=num_codes, latent_dim=latent_dim, beta=1.0, gamma=0.048,
-              sigma_z2=0.5,  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
-              objective="albo", latent_reg="sampled", tau_0=2.0, tau_min=0.1,
-              anneal_fraction=0.8, **interface.kmeans_fields(True),
-              kmeans_init_step=0,  # > 0: k-means again on the global batch of that step.
-              recenter_after=0)  # > 0: codes unchosen this many steps move onto the data.
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """GM-VQ's fields and defaults: the single home of each."""
+
+  num_codes: int
+  latent_dim: int
+  beta: float = 1.0
+  gamma: float = 0.048
+  sigma_z2: float = 0.5  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
+  objective: str = "albo"
+  latent_reg: str = "sampled"
+  tau_0: float = 2.0
+  tau_min: float = 0.1
+  anneal_fraction: float = 0.8
+  kmeans_init: bool = True
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+  kmeans_init_step: int = 0  # > 0: k-means again on the global batch of that step.
+  recenter_after: int = 0  # > 0: codes unchosen this many steps move onto the data.
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

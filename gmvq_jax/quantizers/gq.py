@@ -7,6 +7,7 @@ posterior-mean quantizer. No training-loop code lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple, Sequence
@@ -443,17 +444,32 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of GQ and their defaults.
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """GQ's fields and defaults.
 
-  c = m = 8 with K = 2^log2(num_codes): one token of log2 C bits per latent
-  position, the rate of a C-code VQ on the same grid.
+  `sized`: c = m = 8 with K = 2^log2(num_codes): one token of log2 C bits
+  per latent position, the rate of a C-code VQ on the same grid.
   """
-  del latent_dim
-  return dict(latent_channels=8, group_size=8,
-              log2_codebook_size=max(1, int(round(math.log2(num_codes)))), tolerance=0.5,
-              factor=1.01, kl_weight=0.1, codebook_seed=0, codebook_sampler="sobol", beta=1.0,
-              ste=False)
+
+  log2_codebook_size: int
+  latent_channels: int = 8
+  group_size: int = 8
+  tolerance: float = 0.5
+  factor: float = 1.01
+  kl_weight: float = 0.1
+  codebook_seed: int = 0
+  codebook_sampler: str = "sobol"
+  beta: float = 1.0
+  ste: bool = False
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim
+    return cls(log2_codebook_size=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

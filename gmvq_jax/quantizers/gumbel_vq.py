@@ -6,6 +6,7 @@ codebook`; the loss is the KL of q(c|x) to the uniform prior (paper 001, Sec. 5.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -93,10 +94,24 @@ def quantize(
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of Gumbel-VQVAE and their defaults (annealing 2.0 -> 0.1)."""
-  return dict(num_codes=num_codes, latent_dim=latent_dim, kl_weight=5e-4, hard=True,
-              tau_0=2.0, tau_min=0.1, anneal_fraction=0.8)
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """Gumbel-VQVAE's fields and defaults (temperature annealed 2.0 -> 0.1)."""
+
+  num_codes: int
+  latent_dim: int
+  kl_weight: float = 5e-4
+  hard: bool = True
+  tau_0: float = 2.0
+  tau_min: float = 0.1
+  anneal_fraction: float = 0.8
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -259,12 +259,25 @@ def code_quantizer(
       detokenize=detokenize)
 
 
-def kmeans_fields(init: bool) -> dict[str, Any]:
-  """Config fields of a k-means initialised codebook (gmvq_jax.codebook_init)."""
-  return dict(kmeans_init=init, kmeans_seeding="kmeans++", kmeans_iters=20, kmeans_batches=1)
-
-
 def codebook_fields(q: Any) -> list[Problem]:
   """Problems of the num_codes and latent_dim fields of a codebook quantizer."""
   return (need_int(q, "num_codes", 2, " (a codebook needs at least two codes)")
           + need_int(q, "latent_dim", 1))
+
+
+class ConfigFields:
+  """Base of the quantizers' frozen config dataclasses: read by field name like a ConfigDict.
+
+  A module's `Config` holds every field and default (`Config.sized(num_codes,
+  latent_dim)` the defaults of one size); `check` and `make` accept it or the
+  run's `config.quantizer` alike.
+  """
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.__dataclass_fields__  # pytype: disable=attribute-error
+
+  def __getitem__(self, name: str) -> Any:
+    return getattr(self, name)
+
+  def get(self, name: str, default: Any = None) -> Any:
+    return getattr(self, name) if name in self else default

@@ -6,6 +6,7 @@ codebook is {-1, 1}^L (2^L codes). Entropy penalty over the global batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -161,11 +162,23 @@ def quantize(
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of LFQ: log2(num_codes) bits per position (latent_dim is num_bits)."""
-  del latent_dim
-  return dict(num_bits=max(1, int(round(math.log2(num_codes)))), entropy_weight=0.1,
-              diversity_weight=1.0, commitment_weight=0.25, inv_temperature=100.0)
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """LFQ's fields and defaults; num_bits is the latent width."""
+
+  num_bits: int
+  entropy_weight: float = 0.1
+  diversity_weight: float = 1.0
+  commitment_weight: float = 0.25
+  inv_temperature: float = 100.0
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim  # log2(num_codes) bits per position.
+    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check_bits(q: Any) -> list[interface.Problem]:

@@ -12,6 +12,7 @@ term per stage; the encoder gets the straight-through gradient of the sum.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -72,11 +73,23 @@ def dropout_mask(rng: Array, vectors_per_example: int, num_stages: int) -> Array
   return jnp.repeat(active, vectors_per_example, axis=0)
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """2 stages of sqrt(num_codes) codes: the log2(num_codes) bits per position of one VQ."""
-  log2_codes = max(1, int(round(math.log2(num_codes) / 2)))
-  return dict(num_codes=2**log2_codes, num_stages=2, latent_dim=latent_dim, commitment=0.25,
-              dropout=False)
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """RVQ's fields and defaults; num_codes is per stage."""
+
+  num_codes: int
+  latent_dim: int
+  num_stages: int = 2
+  commitment: float = 0.25
+  dropout: bool = False  # Quantizer dropout.
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    """2 stages of sqrt(num_codes) codes: the log2(num_codes) bits a position of one VQ."""
+    return cls(num_codes=2**max(1, int(round(math.log2(num_codes) / 2))), latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -6,6 +6,7 @@ scalar variance (the official code's `gaussian_1`). Pure functions on (N, L).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -180,10 +181,25 @@ def quantize(
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of SQ-VAE and their defaults."""
-  return dict(num_codes=num_codes, latent_dim=latent_dim, log_variance_init=LOG_VARIANCE_INIT,
-              temperature_decay=1e-5, **interface.kmeans_fields(False))
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """SQ-VAE's fields and defaults."""
+
+  num_codes: int
+  latent_dim: int
+  log_variance_init: float = LOG_VARIANCE_INIT
+  temperature_decay: float = 1e-5
+  kmeans_init: bool = False
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -20,6 +20,7 @@ among the project's papers; the affine reparameterisation and the alternating
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -289,12 +290,29 @@ def usage(indices: Array, num_codes: int, axis_name: Any = None) -> dict[str, Ar
 # ------------------------------------------------------------ the Quantizer
 
 
-def defaults(num_codes: int, latent_dim: int) -> dict[str, Any]:
-  """The config fields of VQ-VAE and their defaults (variants override the flags)."""
-  return dict(num_codes=num_codes, latent_dim=latent_dim, commitment=0.25, l2=False,
-              affine=False, opt=False, replace=False,
-              replace_after=100,  # Steps of disuse before a code is re-initialised.
-              **interface.kmeans_fields(False))
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """VQ-VAE's fields and defaults (the registry's variants override the flags)."""
+
+  num_codes: int
+  latent_dim: int
+  commitment: float = 0.25
+  l2: bool = False
+  affine: bool = False
+  opt: bool = False
+  replace: bool = False
+  replace_after: int = 100  # Steps of disuse before a code is re-initialised.
+  kmeans_init: bool = False
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:
