@@ -79,7 +79,7 @@ def quantize(
     entropy_weight: float = 0.1,
     per_sample_weight: float = 1.0,
     codebook_weight: float = 1.0,
-    commitment_weight: float = 0.0,
+    commitment: float = 0.0,
     inv_temperature: float = 1.0,
     axis_name: Any = None,
     train: bool = True,
@@ -93,7 +93,7 @@ def quantize(
 
   loss = entropy_weight * (per_sample_weight * per_sample_entropy
                            - codebook_weight * codebook_entropy) / inv_temperature
-         + commitment_weight * mean_n ||u_n - sg(u_hat_n)||^2
+         + commitment * mean_n ||u_n - sg(u_hat_n)||^2
 
   as in the BSQ reference code (gamma0 = gamma = 1, commitment beta = 0);
   entropy_weight = 0.1 is the reference ImageNet configs' codebook-loss
@@ -107,7 +107,7 @@ def quantize(
       its codebook-loss weight).
     per_sample_weight: gamma0, weight of the per-sample entropy.
     codebook_weight: gamma, weight of the codebook entropy.
-    commitment_weight: beta, weight of the commitment loss.
+    commitment: beta, weight of the commitment loss.
     inv_temperature: tau of the soft assignment.
     axis_name: the named batch axis for the global-batch entropy terms.
     train: unused (the same map in training and evaluation).
@@ -115,7 +115,7 @@ def quantize(
   Returns:
     `(z_q, aux)`: `z_q` (N, L) float32 with entries +-1/sqrt(L); `aux`
     holds `indices` (N,) int32 in [0, 2^L), `per_sample_entropy`,
-    `codebook_entropy`, `entropy_loss`, `commitment`, `loss` (float32
+    `codebook_entropy`, `entropy_loss`, `commitment_loss`, `loss` (float32
     scalars) and `bit_usage` (L,), the batch-mean probability of bit 1.
   """
   del params, rng, train
@@ -123,17 +123,17 @@ def quantize(
   u = l2_normalize(z)
   hard = jnp.where(u > 0, 1.0, -1.0).astype(jnp.float32) / math.sqrt(num_bits)
   z_q = u + jax.lax.stop_gradient(hard - u)
-  commitment = jnp.mean(jnp.sum(jnp.square(u - jax.lax.stop_gradient(hard)), axis=-1))
+  commitment_loss = jnp.mean(jnp.sum(jnp.square(u - jax.lax.stop_gradient(hard)), axis=-1))
   per_sample, codebook_entropy, avg = entropy_terms(
       u, inv_temperature=inv_temperature, axis_name=axis_name)
   entropy_loss = per_sample_weight * per_sample - codebook_weight * codebook_entropy
-  loss = entropy_weight * entropy_loss / inv_temperature + commitment_weight * commitment
+  loss = entropy_weight * entropy_loss / inv_temperature + commitment * commitment_loss
   aux = dict(
       indices=codes_to_indices(hard),
       per_sample_entropy=per_sample,
       codebook_entropy=codebook_entropy,
       entropy_loss=entropy_loss,
-      commitment=commitment,
+      commitment_loss=commitment_loss,
       loss=loss,
       bit_usage=avg,
   )
@@ -150,7 +150,7 @@ class Config(interface.ConfigFields):
   num_bits: int
   entropy_weight: float = 0.1
   inv_temperature: float = 1.0
-  commitment_weight: float = 0.0
+  commitment: float = 0.0
 
   @classmethod
   def sized(cls, num_codes: int, latent_dim: int) -> "Config":
@@ -177,7 +177,7 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
   def apply(params, z, *, rng, temperature, train):
     del rng, temperature
     return quantize(None, z, entropy_weight=q.entropy_weight,
-                    commitment_weight=q.commitment_weight, inv_temperature=q.inv_temperature,
+                    commitment=q.commitment, inv_temperature=q.inv_temperature,
                     axis_name=axis_name, train=train)
 
   return interface.code_quantizer(
