@@ -215,8 +215,8 @@ def check_port(config, jax_device: jax.Device) -> dict[str, float]:
   images = RandomImages().train_batch(0, 4)
   with jax.default_device(jax_device):
     variables = model.init(jax.random.key(0), images, train=False)
-    (zh, raw_weights), _ = model.apply(variables, images, True, method=model.encode,
-                                       mutable=["batch_stats"])
+    out, _ = model.apply(variables, images, True, method=model.encode, mutable=["batch_stats"])
+    zh, raw_weights = np.split(np.asarray(out), 2, axis=-1)  # Eq. 15: [zh, r].
     latents = np.random.default_rng(0).normal(size=zh.shape).astype(np.float32)
     decoded, _ = model.apply(variables, latents, True, method=model.decode, mutable=["batch_stats"])
   params = jax.device_get(variables["params"])

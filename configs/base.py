@@ -93,6 +93,6 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
   config.optimizer.warmup_steps = 2
   config.model.channels = (8, 16)
   config.model.num_res_blocks = 1
-  if config.method == "gmvq":
+  if "num_codes" in config.quantizer:  # A codebook of 64 codes of width 8.
     config.quantizer.num_codes = 64
     config.quantizer.latent_dim = 8

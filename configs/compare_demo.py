@@ -1,7 +1,7 @@
 """Every method of the comparison on the embedded photographs, one after another, on a CPU.
 
 `python -m launch.compare --config=configs/compare_demo.py --workdir=DIR`
-trains the 15 methods of `gmvq_jax.methods` with the same network, data and
+trains every method of `gmvq_jax.methods` with the same network, data and
 steps (the GM-VQ demo's setup, `STEPS` steps a run) and the same tuning
 budget, and writes DIR/table.md, table.csv, tuning.md, tuning.csv,
 curves.png and scatter.png (see `gmvq_jax.comparison`). Every method spends

@@ -24,8 +24,10 @@ import numpy as np
 from gmvq_jax import config_checks
 from gmvq_jax import data
 from gmvq_jax import evaluation
+from gmvq_jax import io as io_lib
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import train_lib
+from gmvq_jax.data import pipeline
 from gmvq_jax.quantizers import gq
 
 # Levels of the reported spread of per-token KL bits, in percent.
@@ -65,9 +67,8 @@ def save_figure(figure: Any, output_dir: str, name: str) -> str:
   """Saves a matplotlib figure as `output_dir/name.png` atomically; returns the path."""
   os.makedirs(output_dir, exist_ok=True)
   path = os.path.join(output_dir, f"{name}.png")
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  figure.savefig(tmp, dpi=120, bbox_inches="tight")
-  os.replace(tmp, path)
+  with io_lib.atomic_write(path, ".png") as tmp:
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
   return path
 
 
@@ -137,7 +138,7 @@ def train_in_memory(config: ml_collections.ConfigDict, *, log_every: int = 0,
   """
   config_checks.validate(config, num_devices=1)
   if dataset is None:
-    dataset = make_dataset(config)
+    dataset = data.from_config(config)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train_lib.create_train_state(config, init_rng, dataset)
   step_fn = step_fn or make_step_fn(config)
@@ -194,7 +195,7 @@ def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], 
   for label, config in variants.items():
     step_fn, eval_fn = make_step_fn(config), train_lib.make_eval_fn(config)
     entropy_fn = jax.jit(functools.partial(_posterior_entropy_step, config=config))
-    dataset = make_dataset(config)
+    dataset = data.from_config(config)
     for seed in seeds:
       clock = Stopwatch()
       run_config = config.copy_and_resolve_references()
@@ -221,29 +222,18 @@ def posterior_entropy(config: ml_collections.ConfigDict, state: train_lib.TrainS
   step_fn = step_fn or jax.jit(functools.partial(_posterior_entropy_step, config=config))
   batch_size = config.eval_batch_size
   total = count = 0.0
-  for images in dataset.eval_batches(batch_size):
-    real = images.shape[0]
-    mask = (np.arange(batch_size) < real).astype(np.float32)
-    if real < batch_size:
-      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
-                                                images.dtype)])
+  for images, mask, _ in pipeline.padded_batches(dataset.eval_batches(batch_size), batch_size):
     batch_total, batch_count = jax.device_get(step_fn(state, images, mask))
     total += float(batch_total)
     count += float(batch_count)
   return total / max(count, 1.0)
 
 
-def make_dataset(config: ml_collections.ConfigDict) -> Any:
-  """The dataset a training config names (as train_lib builds it)."""
-  return data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
-                           data_dir=config.get("data_dir"),
-                           num_eval_examples=config.get("num_eval_examples"))
-
-
 def _gaussian_test_step(state, images, *, config):
   model = train_lib.build_model(config)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
+                            config.quantizer.latent_channels)
   reconstructions = model.apply(variables, mu, False, method=model.decode)
   squared = jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3))
   return (gq.kl_bits(mu, logvar, config.quantizer.group_size), gq.kl_bits(mu, logvar, 1),
@@ -261,11 +251,7 @@ def gaussian_test_rates(config: ml_collections.ConfigDict, state: train_lib.Trai
   step_fn = jax.jit(functools.partial(_gaussian_test_step, config=config))
   tokens, channels, squared, values = [], [], 0.0, 0
   batch_size = config.eval_batch_size
-  for images in dataset.eval_batches(batch_size):
-    real = images.shape[0]
-    if real < batch_size:  # One shape for every call: one compile.
-      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
-                                                images.dtype)])
+  for images, _, real in pipeline.padded_batches(dataset.eval_batches(batch_size), batch_size):
     token_bits, channel_bits, batch_squared = jax.device_get(step_fn(state, images))
     tokens.append(np.asarray(token_bits[:real]))
     channels.append(np.asarray(channel_bits[:real]))
@@ -298,11 +284,7 @@ def tokens_psnr(config: ml_collections.ConfigDict, state: train_lib.TrainState, 
   batch_size = config.eval_batch_size
   sq_gaussian = sq_vq = 0.0
   values, tokens = 0, []
-  for images in dataset.eval_batches(batch_size):
-    real = images.shape[0]
-    if real < batch_size:
-      images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:],
-                                                images.dtype)])
+  for images, _, real in pipeline.padded_batches(dataset.eval_batches(batch_size), batch_size):
     out = jax.device_get(step_fn(state, images, codebook, jnp.float32(beta)))
     sq_gaussian += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
     sq_vq += float(np.sum(out["squared_vq"][:real], dtype=np.float64))

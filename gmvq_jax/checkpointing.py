@@ -17,6 +17,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gmvq_jax import errors
+
 CHECKPOINT_SUBDIR = "checkpoints"
 # Fields a resumed run may change: they steer the loop, not what the state
 # means. Any other difference from the saved config is refused.
@@ -27,7 +29,7 @@ RUN_CONTROL_FIELDS = frozenset({
 })
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError, ValueError):
   """A checkpoint cannot be used: unreadable, or saved by an incompatible config."""
 
 
@@ -88,7 +90,7 @@ def restore_state(manager: ocp.CheckpointManager, target: Any, step: int | None 
   """
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"No checkpoint under {manager.directory}.")
+    raise errors.UserFileNotFoundError(f"No checkpoint under {manager.directory}.")
   abstract = jax.tree.map(_abstract_leaf, target)
   with _readable(manager, step):
     restored = manager.restore(
@@ -144,7 +146,7 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
   manager = make_manager(workdir, read_only=True)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(
+    raise errors.UserFileNotFoundError(
         f"No checkpoint under {checkpoint_dir(workdir)}: train first with"
         f" `python -m launch.train --config=... --workdir={workdir}`.")
   with _readable(manager, step):

@@ -50,8 +50,10 @@ import numpy as np
 
 from gmvq_jax import config_checks
 from gmvq_jax import conversion
+from gmvq_jax import errors
 from gmvq_jax import evaluation
 from gmvq_jax import faults
+from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -218,7 +220,7 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   """One run's row from its test figures (GQ: converted to tokens first)."""
   row = dict(method=name, steps=int(config.num_steps), bits_per_image=methods.bits_per_image(config),
              train_seconds=train_seconds)
-  if methods.family(config) == "gq":
+  if conversion.converts(config):
     report = conversion.convert(run_dir, num_images=8)
     mse = report["mse_vq"]
     row.update(psnr=report["psnr_vq"], perplexity=report["token_perplexity"],
@@ -241,8 +243,9 @@ def final_val_figures(run_dir: str, num_steps: int) -> dict[str, Any]:
   records = [r for r in metric_writers.read_metrics(run_dir)
              if r.get("split") == "val" and r.get("step") == num_steps]
   if not records:
-    raise FileNotFoundError(f"{run_dir}/metrics.jsonl has no 'val' record at the final step"
-                            f" {num_steps}; delete {run_dir} to retrain it.")
+    raise errors.UserFileNotFoundError(
+        f"{run_dir}/metrics.jsonl has no 'val' record at the final step"
+        f" {num_steps}; delete {run_dir} to retrain it.")
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")}
 
 
@@ -416,16 +419,13 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
 
 
 def _write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def _save_figure(figure, path: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
+  with io_lib.atomic_write(path) as tmp:
+    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> None:
@@ -500,7 +500,7 @@ def compare(compare_config: ml_collections.ConfigDict, workdir: str) -> list[dic
   strategy = parallel.make(compare_config.train.parallelism)
   names = check(compare_config, strategy.num_devices)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
+    raise errors.UserNotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
   _check_layout(workdir, names)
   rows, histories = [], {}
   first_seed = int(compare_config.seeds[0])

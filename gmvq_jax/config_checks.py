@@ -13,17 +13,17 @@ import ml_collections
 
 from gmvq_jax import codebook_init
 from gmvq_jax import data
+from gmvq_jax import errors
 from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.models import networks
-from gmvq_jax.quantizers import gmvq, gq
 
 METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config field has a value the library cannot run with."""
 
 
@@ -107,16 +107,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
   _int_at_least(config, "model.num_res_blocks", 0)
 
-  kind = methods.family(config)
-  if kind == "gq":
-    _validate_gq(config)
-  elif kind == "gmvq":
-    _validate_gmvq(config)
-  else:
-    for field, value, allowed in methods.check_baseline(config):
+  for check in (methods.check, codebook_init.check):  # The fields before k-means of them.
+    for field, value, allowed in check(config):
+      if allowed is None:
+        _get(config, field)  # Raises: the field is missing.
       _require(False, field, value, allowed)
-  for field, value, allowed in codebook_init.check(config):
-    _require(False, field, value, allowed)
 
   _number(config, "optimizer.peak_lr", minimum=0.0, strict=True)
   _number(config, "optimizer.weight_decay", minimum=0.0)
@@ -125,38 +120,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   warmup = _int_at_least(config, "optimizer.warmup_steps", 0)
   _require(warmup < num_steps, "optimizer.warmup_steps", warmup,
            f"must be smaller than num_steps={num_steps}")
-
-
-def _validate_gq(config) -> None:
-  channels = _int_at_least(config, "quantizer.latent_channels", 1)
-  group = _int_at_least(config, "quantizer.group_size", 1)
-  _require(channels % group == 0, "quantizer.group_size", group,
-           f"must divide quantizer.latent_channels={channels} (tokens are groups of"
-           " consecutive channels)")
-  _int_at_least(config, "quantizer.log2_codebook_size", 1, " (K = 2^log2_codebook_size >= 2)")
-  _number(config, "quantizer.tolerance", minimum=0.0, strict=True)
-  # factor == 1 freezes the multipliers at 1: a plain Gaussian VAE whose KL
-  # weight is kl_weight (the GQ paper's baseline, experiments/tdc_spread.py).
-  _number(config, "quantizer.factor", minimum=1.0)
-  _number(config, "quantizer.kl_weight", minimum=0.0)
-  _int_at_least(config, "quantizer.codebook_seed", 0)
-  _choice(config, "quantizer.codebook_sampler", gq.SAMPLERS)
-  _number(config, "quantizer.beta", minimum=0.0)
-  _require(isinstance(config.quantizer.ste, bool), "quantizer.ste", config.quantizer.ste,
-           "must be True or False")
-
-
-def _validate_gmvq(config) -> None:
-  _int_at_least(config, "quantizer.num_codes", 2, " (a codebook needs at least two codes)")
-  _int_at_least(config, "quantizer.latent_dim", 1)
-  _number(config, "quantizer.beta", minimum=0.0)
-  _number(config, "quantizer.gamma", minimum=0.0)
-  _number(config, "quantizer.sigma_z2", minimum=0.0, strict=True)
-  _choice(config, "quantizer.objective", gmvq.OBJECTIVES)
-  _choice(config, "quantizer.latent_reg", gmvq.LATENT_REGS)
-  tau_min = _number(config, "quantizer.tau_min", minimum=0.0, strict=True)
-  tau_0 = _number(config, "quantizer.tau_0", minimum=0.0, strict=True)
-  _require(tau_0 >= tau_min, "quantizer.tau_0", tau_0, f"must be >= quantizer.tau_min={tau_min}")
-  fraction = _number(config, "quantizer.anneal_fraction", minimum=0.0, strict=True)
-  _require(fraction <= 1.0, "quantizer.anneal_fraction", fraction, "must be in (0, 1]")
-

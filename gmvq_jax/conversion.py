@@ -20,10 +20,14 @@ import ml_collections
 import numpy as np
 
 from gmvq_jax import checkpointing
+from gmvq_jax import errors
 from gmvq_jax import evaluation
+from gmvq_jax import io as io_lib
+from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
+from gmvq_jax.data import pipeline
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gq
 
@@ -41,7 +45,7 @@ REPORT_KEYS = ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "codebook_size
 Array = jax.Array
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A flag or a workdir that the offline GQ step cannot use; the message says why."""
 
 
@@ -68,22 +72,22 @@ def save_tokens(path: str, tokens: np.ndarray, codebook: np.ndarray, metadata: d
     codebook: (K, m) float32 codewords.
     metadata: JSON-serialisable facts about the conversion (K, m, seed, ...).
   """
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, tokens=np.asarray(tokens, np.int32), codebook=np.asarray(codebook, np.float32),
-           metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
-  os.replace(tmp, path)
+  with io_lib.atomic_write(path, ".npz") as tmp:
+    np.savez(tmp, tokens=np.asarray(tokens, np.int32), codebook=np.asarray(codebook, np.float32),
+             metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
 
 
 def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
   """Reads a token file written by `save_tokens`: (tokens, codebook, metadata).
 
   Raises:
-    FileNotFoundError: no such file.
+    errors.UserFileNotFoundError: no such file.
     TokenFileError: not a token file (missing arrays, unreadable).
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--tokens={path} is not a file; `launch.quantize` writes them under"
-                            f" WORKDIR/{TOKENS_SUBDIR}/.")
+    raise errors.UserFileNotFoundError(
+        f"--tokens={path} is not a file; `launch.quantize` writes them under"
+        f" WORKDIR/{TOKENS_SUBDIR}/.")
   try:
     with np.load(path, allow_pickle=False) as contents:
       missing = {"tokens", "codebook", "metadata"} - set(contents.files)
@@ -156,7 +160,8 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, b
   model = train_lib.build_model(config)
   group = config.quantizer.group_size
   variables = _variables(state)
-  mu, logvar = model.apply(variables, images, False, method=model.encode)
+  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
+                            config.quantizer.latent_channels)
   std = jnp.exp(0.5 * logvar)
   tokens = gq.quantize(mu.reshape(-1, group), std.reshape(-1, group), codebook, beta=beta)
   tokens = tokens.reshape(mu.shape[:-1] + (mu.shape[-1] // group,))
@@ -181,12 +186,17 @@ def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
 # --------------------------------------------------------------- the steps
 
 
+def converts(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run's config is one this offline conversion applies to (a GQ run)."""
+  return methods.get(config.method).quantizer_module() is gq
+
+
 def restore_gq_run(workdir: str):
   """(config, state, dataset) of a GQ workdir's latest checkpoint; ConversionError otherwise."""
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
+    raise errors.UserFileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
   config = checkpointing.restore_config(workdir)
-  if config.method != "gq":
+  if not converts(config):
     raise ConversionError(
         f"--workdir={workdir} holds a {config.method!r} run; the offline conversion needs a GQ"
         " run (train with --config=configs/gq_demo.py or another gq_* config).")
@@ -217,14 +227,6 @@ def _split_batches(dataset: Any, split: str, batch_size: int) -> Iterator[np.nda
         f"--split={split}: the {type(dataset).__name__} has no finite, ordered training split"
         " (the embedded photographs give endless random crops); use --split=test.")
   return train_batches(batch_size)
-
-
-def _padded(batch: np.ndarray, size: int) -> np.ndarray:
-  """Pads the last, short batch with zeros so every call has one shape: one compile."""
-  if batch.shape[0] == size:
-    return batch
-  pad = np.zeros((size - batch.shape[0],) + batch.shape[1:], batch.dtype)
-  return np.concatenate([batch, pad])
 
 
 def kl_histogram(counts: np.ndarray) -> dict[str, list]:
@@ -306,9 +308,9 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
   totals = dict(squared_gaussian=0.0, squared_vq=0.0, kl_sum=0.0, within=0)
   kl_min, kl_max = math.inf, -math.inf
   token_batches, rows = [], [[], [], []]
-  for images in _split_batches(dataset, split, batch_size):
-    real = images.shape[0]
-    out = jax.device_get(step_fn(state, _padded(images, batch_size), device_codebook, device_beta))
+  for images, _, real in pipeline.padded_batches(_split_batches(dataset, split, batch_size),
+                                                 batch_size):
+    out = jax.device_get(step_fn(state, images, device_codebook, device_beta))
     bits = np.asarray(out["kl_bits"][:real], np.float64)
     token_batches.append(np.asarray(out["tokens"][:real]))
     totals["squared_gaussian"] += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
@@ -409,15 +411,15 @@ def decode(workdir: str, tokens_path: str, *, output: str | None = None,
   step_fn = jax.jit(functools.partial(decode_batch, config=config))
   device_codebook = jnp.asarray(codebook, jnp.float32)
   decoded = []
-  for start in range(0, tokens.shape[0], batch_size):
-    chunk = tokens[start:start + batch_size].astype(np.int32)
-    images = step_fn(state, _padded(chunk, batch_size), device_codebook)
-    decoded.append(np.asarray(jax.device_get(images))[:chunk.shape[0]])
+  chunks = (tokens[start:start + batch_size].astype(np.int32)
+            for start in range(0, tokens.shape[0], batch_size))
+  for chunk, _, real in pipeline.padded_batches(chunks, batch_size):
+    images = step_fn(state, chunk, device_codebook)
+    decoded.append(np.asarray(jax.device_get(images))[:real])
   images = np.clip(np.concatenate(decoded), 0.0, 1.0) if decoded else np.zeros(
       (0,) + tuple(config.image_size for _ in range(2)) + (3,), np.float32)
-  tmp = f"{output}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, images=np.round(images * 255.0).astype(np.uint8))
-  os.replace(tmp, output)
+  with io_lib.atomic_write(output, ".npz") as tmp:
+    np.savez(tmp, images=np.round(images * 255.0).astype(np.uint8))
   if num_images and images.shape[0]:
     visualization.save_png(f"{output[:-4]}.png", visualization.image_grid(images[None, :num_images]),
                            scale=4)

@@ -11,8 +11,10 @@ import logging
 
 import jax
 
+from gmvq_jax import errors
 
-class DistributedSetupError(ValueError):
+
+class DistributedSetupError(errors.UserError, ValueError):
   """The multi-process flags are inconsistent."""
 
 

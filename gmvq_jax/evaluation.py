@@ -14,6 +14,8 @@ import jax
 
 from gmvq_jax import checkpointing
 from gmvq_jax import data
+from gmvq_jax import errors
+from gmvq_jax import io as io_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
 from gmvq_jax.data import registry
@@ -36,11 +38,9 @@ def output_paths(workdir: str, split: str = "test") -> tuple[str, str]:
 def restore_run(workdir: str):
   """Returns (config, state, dataset) of the latest checkpoint in `workdir`."""
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
+    raise errors.UserFileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
   config = checkpointing.restore_config(workdir)
-  dataset = data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
-                              data_dir=config.get("data_dir"),
-                              num_eval_examples=config.get("num_eval_examples"))
+  dataset = data.from_config(config)
   manager = checkpointing.make_manager(workdir, read_only=True)
   target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(config, dataset))
   state = checkpointing.restore_state(manager, target)
@@ -50,11 +50,9 @@ def restore_run(workdir: str):
 
 def write_json(path: str, payload: dict) -> None:
   """Writes JSON through a temporary file and a rename: never half-written."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=2)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16) -> dict:

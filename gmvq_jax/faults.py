@@ -22,11 +22,13 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from gmvq_jax import errors
+
 NONFINITE_MODES = ("stop", "skip")
 GRADIENTS = "gradients"
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.UserError, FloatingPointError):
   """A training step produced NaN or infinite values and the run stopped."""
 
 

@@ -14,6 +14,8 @@ from typing import Mapping, TextIO
 
 import numpy as np
 
+from gmvq_jax import io as io_lib
+
 
 def _to_python(value):
   array = np.asarray(value)
@@ -79,10 +81,8 @@ def _drop_records_after(path: str, step: int) -> None:
     kept.append(line if line.endswith("\n") else line + "\n")
   if len(kept) == len(lines):
     return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.writelines(kept)
-  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

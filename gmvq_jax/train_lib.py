@@ -25,27 +25,20 @@ from gmvq_jax import checkpointing
 from gmvq_jax import codebook_init
 from gmvq_jax import config_checks
 from gmvq_jax import data
+from gmvq_jax import errors
 from gmvq_jax import faults
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
-from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import parallel
 from gmvq_jax.data import pipeline
 from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
-from gmvq_jax.quantizers import gmvq
-from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 # Folded into the run's key for draws that must be the same on every device
 # (dead-code replacement), apart from the per-example keys of the noise.
 UPDATE_STREAM = 0x7FFFFFFF
-# The figures of the console's progress line, by family.
-PROGRESS_METRICS = dict(
-    gmvq=("loss", "recon", "kl", "qbar_perplexity"),
-    gq=("loss", "recon", "kl_bits_mean", "lam"),
-    **{kind: ("loss", "recon", "quantizer_loss", "batch_perplexity")
-       for kind in methods.BASELINE_FAMILIES})
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -56,7 +49,7 @@ class TrainState(flax.struct.PyTreeNode):
     params: network and codebook parameters.
     batch_stats: BatchNorm running statistics.
     opt_state: optax state.
-    quantizer_state: non-gradient quantizer state (None for GM-VQ).
+    quantizer_state: the quantizer's non-gradient state (`Quantizer.init_state`).
     skipped_steps: int32 scalar, steps whose update was skipped because a
       loss term or gradient was not finite (see config.nonfinite).
     tx: the optax transformation (static).
@@ -74,38 +67,19 @@ class TrainState(flax.struct.PyTreeNode):
 # ------------------------------------------------------------------ building
 
 
-def build_model(config: ml_collections.ConfigDict, axis_name: Any = None) -> nn.Module:
+def build_model(config: ml_collections.ConfigDict, axis_name: Any = None,
+                quantizer: interface.Quantizer | None = None) -> nn.Module:
   """The autoencoder a config describes; `axis_name` for cross-device BatchNorm."""
-  q = config.quantizer
-  networks = dict(channels=tuple(config.model.channels),
-                  num_res_blocks=config.model.num_res_blocks, axis_name=axis_name,
-                  dtype=compute_dtype(config))
-  kind = methods.family(config)
-  if kind == "gq":
-    return autoencoder.GaussianAutoencoder(latent_channels=q.latent_channels, **networks)
-  if kind in methods.BASELINE_FAMILIES:
-    return autoencoder.BaselineAutoencoder(
-        encoder_width=methods.encoder_width(config), latent_width=methods.latent_width(config),
-        quantize=methods.make_quantize(config, axis_name),
-        init_quantizer_params=methods.init_quantizer_params(config), **networks)
-  return autoencoder.GMVQAutoencoder(
-      num_codes=q.num_codes, latent_dim=q.latent_dim, sigma_z2=q.sigma_z2, **networks)
+  return autoencoder.Autoencoder(
+      quantizer=quantizer or methods.make_quantizer(config, axis_name),
+      channels=tuple(config.model.channels), num_res_blocks=config.model.num_res_blocks,
+      axis_name=axis_name, dtype=compute_dtype(config))
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """The networks' compute dtype: config.dtype (configs saved before it: model.dtype)."""
   name = config.get("dtype") or config.model.get("dtype") or "float32"
   return jnp.dtype(name)
-
-
-def initial_quantizer_state(config: ml_collections.ConfigDict) -> Any:
-  """Non-gradient quantizer state: TDC multipliers (GQ), dead-code counters (+replace), or None."""
-  kind = methods.family(config)
-  if kind == "gq":
-    return gq.init_tdc_state()
-  if kind == "gmvq":
-    return codebook_init.init_gmvq_state(config)
-  return methods.initial_state(config)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -131,6 +105,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
+def _train_state(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
+                 batch_stats: Any) -> TrainState:
+  tx = make_optimizer(config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), quantizer_state=model.quantizer.init_state(),
+                    skipped_steps=jnp.zeros((), jnp.int32), tx=tx)
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     rng: Array,
@@ -148,28 +130,15 @@ def create_train_state(
   params, batch_stats = variables["params"], variables["batch_stats"]
   if config.quantizer.get("kmeans_init"):
     params = codebook_init.init_params(config, model, variables, dataset, kmeans_rng)
-  tx = make_optimizer(config)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), quantizer_state=initial_quantizer_state(config),
-                    skipped_steps=jnp.zeros((), jnp.int32), tx=tx)
+  return _train_state(config, model, params, batch_stats)
 
 
-def gq_codebook(config: ml_collections.ConfigDict) -> np.ndarray:
-  """The GQ codebook a config names: (K, m) float32, regenerated from its seed."""
-  q = config.quantizer
-  return gq.sample_codebook(q.codebook_seed, 2**q.log2_codebook_size, q.group_size,
-                            q.codebook_sampler)
-
-
-def gq_sample_fn(config: ml_collections.ConfigDict):
-  """None (plain Gaussian sample), or the straight-through sample when `quantizer.ste`."""
-  q = config.quantizer
-  if not q.ste:
-    return None
-  # Sampled on the host while tracing: a constant of the compiled step.
-  codebook = jnp.asarray(gq_codebook(config))
-  return functools.partial(gq.quantize_ste, codebook=codebook, group_size=q.group_size,
-                           beta=q.beta)
+def create_train_state_shapes(config: ml_collections.ConfigDict, dataset: Any) -> TrainState:
+  """The state's structure without k-means (for `jax.eval_shape` restore targets)."""
+  model = build_model(config)
+  sample = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
+  variables = model.init(jax.random.key(0), sample, train=False)
+  return _train_state(config, model, variables["params"], variables["batch_stats"])
 
 
 # --------------------------------------------------------------------- steps
@@ -193,10 +162,9 @@ def train_step(
 ) -> tuple[TrainState, dict[str, Array]]:
   """One training step of any registered method on this device's share of the batch.
 
-  GM-VQ minimises the ALBO objective, GQ the TDC-weighted Gaussian VAE loss
-  (and updates its multipliers in `state.quantizer_state` from global
-  statistics of the per-token KL bits), a baseline its recon + quantizer
-  loss (then +OPT / +replace move its codebook in place).
+  The method's `Quantizer` gives the loss, and after the optimizer step its
+  `update` moves its non-gradient state and codebook (TDC multipliers,
+  +OPT, +replace, k-means remedies) from global statistics.
 
   Args:
     state: the train state (replicated).
@@ -213,43 +181,21 @@ def train_step(
     advances, so the next batch is the next one) and counts itself in
     `skipped_steps`.
   """
-  model = build_model(config, axis_name)
-  q = config.quantizer
+  quantizer = methods.make_quantizer(config, axis_name)
+  model = build_model(config, axis_name, quantizer)
   keys = example_keys(rng, state.step, images.shape[0], axis_name)
-  kind = methods.family(config)
-  if kind == "gq":
-    model_kwargs = dict(sample_fn=gq_sample_fn(config))
-  else:
-    tau = methods.temperature(config, state.step)
-    model_kwargs = dict(temperature=tau)
+  name = quantizer.params_name
 
   def loss_fn(params):
-    (reconstructions, z, aux), new_vars = model.apply(
+    (reconstructions, z_q, aux), new_vars = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        example_keys=keys, mutable=["batch_stats"], **model_kwargs)
-    if kind in methods.BASELINE_FAMILIES:
-      loss, terms = methods.baseline_loss(config, images, reconstructions, aux)
-      return loss, (terms, new_vars["batch_stats"], (aux["z"], aux["indices"]))
-    if kind == "gq":
-      bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)  # (B, h, w, c/m)
-      # Both terms are per-image totals averaged over images (squared error
-      # summed over pixels, KL bits summed over tokens), so kl_weight weighs
-      # like against like whatever the image and latent sizes.
-      recon_loss = jnp.mean(jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3)))
-      kl_loss = gq.tdc_loss(bits, state.quantizer_state, log2_codebook_size=q.log2_codebook_size,
-                            tolerance=q.tolerance)
-      loss = recon_loss + q.kl_weight * kl_loss
-      terms = dict(loss=loss, recon=metrics_lib.mse(images, reconstructions),
-                   recon_loss=recon_loss, kl_loss=kl_loss)
-      return loss, (terms, new_vars["batch_stats"], bits)
-    loss, terms = gmvq.albo_loss(
-        images, reconstructions, z, aux, params["codebook"], beta=q.beta, gamma=q.gamma,
-        objective=q.objective, latent_reg=q.latent_reg, axis_name=axis_name)
-    max_probs = jnp.max(jax.lax.stop_gradient(aux["probs"]), axis=0)  # (C,)
-    return loss, (terms, new_vars["batch_stats"],
-                  (aux["codes"], max_probs, aux["zh"], aux["indices"]))
+        example_keys=keys, step=state.step, quantizer_state=state.quantizer_state,
+        mutable=["batch_stats"])
+    loss, terms, carry = quantizer.loss(params.get(name), state.quantizer_state, images,
+                                        reconstructions, z_q, aux)
+    return loss, (terms, new_vars["batch_stats"], carry)
 
-  grads, (terms, batch_stats, extra) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (terms, batch_stats, carry) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = common.pmean(grads, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -257,49 +203,32 @@ def train_step(
   nonfinite = faults.nonfinite_flags(metrics, grads)
   metrics.update(learning_rate=learning_rate_schedule(config)(state.step),
                  grad_norm=optax.tree.norm(grads))
-  quantizer_state = state.quantizer_state
   # One key for every device (not per example): codebook updates must agree.
   update_rng = jax.random.fold_in(jax.random.fold_in(rng, UPDATE_STREAM), state.step)
-  if kind == "gq":
-    # Multipliers move after every step from GLOBAL statistics of R (§2).
-    tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
-    metrics.update(gq.tdc_metrics(extra, state.quantizer_state, axis_name=axis_name, **tdc))
-    quantizer_state = gq.tdc_update(state.quantizer_state, extra, factor=q.factor,
-                                    axis_name=axis_name, **tdc)
-  elif kind == "gmvq":
-    codes, max_probs, zh, indices = extra
-    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
-    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
-                   batch_perplexity=metrics_lib.hard_perplexity(code_counts),
-                   batch_reachable_codes=metrics_lib.reachable_codes(
-                       common.pmax(max_probs, axis_name)))
-    params, quantizer_state, update_metrics = codebook_init.gmvq_after_step(
-        config, params, quantizer_state, zh, indices, state.step, update_rng,
-        axis_name=axis_name)
-    metrics.update(update_metrics)
-  else:
-    z, indices = extra
-    code_counts = methods.code_histogram(indices, methods.codebook_size(config),
-                                         axis_name=axis_name)
-    metrics.update(temperature=tau, batch_code_usage=metrics_lib.code_usage(code_counts),
-                   batch_perplexity=metrics_lib.hard_perplexity(code_counts))
-    params, quantizer_state, update_metrics = methods.after_step(
-        config, params, quantizer_state, z, indices, update_rng, axis_name=axis_name)
-    metrics.update(update_metrics)
-  # A non-finite step changes nothing but the step count (exact select, so
-  # finite steps are bit-identical to an unguarded update).
-  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  skipped_steps = state.skipped_steps + (~finite).astype(jnp.int32)
-  new_state = state.replace(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      batch_stats=keep(batch_stats, state.batch_stats),
-      opt_state=keep(opt_state, state.opt_state),
-      quantizer_state=keep(quantizer_state, state.quantizer_state),
-      skipped_steps=skipped_steps)
-  metrics.update(skipped_steps=skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
+  quantizer_params, quantizer_state, update_metrics = quantizer.update(
+      params.get(name), state.quantizer_state, carry, state.step, update_rng)
+  if quantizer.init_params is not None:
+    params = dict(params, **{name: quantizer_params})
+  metrics.update(update_metrics)
+  new_state = apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, quantizer_state=quantizer_state)
+  metrics.update(skipped_steps=new_state.skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
   return new_state, metrics
+
+
+def apply_if_finite(nonfinite: dict[str, Array], state: TrainState, **new: Any) -> TrainState:
+  """`state` with the `new` fields and one more step, unless a `nonfinite` flag is set.
+
+  A non-finite step changes nothing but the step count (an exact select, so
+  finite steps are bit-identical to an unguarded update) and counts itself
+  in `skipped_steps`.
+  """
+  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
+  keep = lambda fresh, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), fresh, old)
+  return state.replace(
+      step=state.step + 1,
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+      **{field: keep(value, getattr(state, field)) for field, value in new.items()})
 
 
 def eval_step(
@@ -318,52 +247,15 @@ def eval_step(
     config: the run's config (static).
 
   Returns:
-    `(sums, reconstructions)`: sums over real examples of squared error,
-    pixel count, the code histogram (C,), and this batch's paper perplexity
-    `exp(H(qbar))` with its weight (1 unless the batch is all padding). For
-    GQ, instead of the code statistics: the per-token KL bits' sum, count,
-    min, max and how many tokens are within tolerance of log2 K.
+    `(sums, reconstructions)`: the quantizer's `eval_stats` over the real
+    examples (squared error and pixel count, and its own statistics).
   """
-  model = build_model(config)
+  quantizer = methods.make_quantizer(config)
+  model = build_model(config, quantizer=quantizer)
   reconstructions, _, aux = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
-  if methods.family(config) == "gq":
-    q = config.quantizer
-    bits = gq.kl_bits(aux["mu"], aux["logvar"], q.group_size)
-    token_mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (bits.ndim - 1)), bits.shape)
-    within = jnp.abs(bits - q.log2_codebook_size) <= q.tolerance
-    sums = dict(
-        squared_error=jnp.sum(squared * mask),
-        num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
-        kl_bits_sum=jnp.sum(bits * token_mask),
-        num_tokens=jnp.sum(token_mask),
-        within_tolerance=jnp.sum(within * token_mask),
-        kl_bits_min=jnp.min(jnp.where(token_mask > 0, bits, jnp.inf)),
-        kl_bits_max=jnp.max(jnp.where(token_mask > 0, bits, -jnp.inf)),
-    )
-    return sums, reconstructions
-  vectors_per_example = aux["indices"].shape[0] // images.shape[0]
-  vector_mask = jnp.repeat(mask, vectors_per_example)
-  # Code histogram by scatter-add (FSQ/LFQ/BSQ codebooks can be 2^16 wide).
-  code_counts = methods.code_histogram(aux["indices"], methods.codebook_size(config), vector_mask)
-  extra_sums = {}
-  if "probs" in aux:  # The paper's perplexity: of the soft posterior's batch mean.
-    qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0)
-    extra_sums["code_max_prob_max"] = jnp.max(aux["probs"] * vector_mask[:, None], axis=0)
-  else:  # Deterministic quantizers: the posterior is the one-hot code.
-    qbar = code_counts
-  qbar = qbar / jnp.maximum(jnp.sum(vector_mask), 1.0)
-  has_data = (jnp.sum(mask) > 0).astype(jnp.float32)
-  sums = dict(
-      squared_error=jnp.sum(squared * mask),
-      num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
-      code_counts=code_counts,
-      batch_perplexity_sum=metrics_lib.perplexity(qbar) * has_data,
-      num_batches=has_data,
-      **extra_sums,
-  )
-  return sums, reconstructions
+      {"params": state.params, "batch_stats": state.batch_stats}, images, train=False,
+      quantizer_state=state.quantizer_state)
+  return quantizer.eval_stats(images, reconstructions, aux, mask), reconstructions
 
 
 def make_eval_fn(config: ml_collections.ConfigDict):
@@ -395,36 +287,26 @@ def evaluate(
     The figures of `metrics.summarize_eval` and the image pairs (or None).
   """
   step_fn = step_fn or make_eval_fn(config)
+  quantizer = methods.make_quantizer(config)
+  combine = dict(min=np.minimum, max=np.maximum)
   batch_size = config.eval_batch_size
   totals: dict[str, np.ndarray] = {}
   pairs = []
-  for images in dataset.eval_batches(batch_size, split=split):
-    real = images.shape[0]
-    mask = np.zeros((batch_size,), np.float32)
-    mask[:real] = 1.0
-    if real < batch_size:  # Pad so every batch has one shape: one compile.
-      pad = np.zeros((batch_size - real,) + images.shape[1:], images.dtype)
-      images = np.concatenate([images, pad])
+  for images, mask, real in pipeline.padded_batches(
+      dataset.eval_batches(batch_size, split=split), batch_size):
     sums, reconstructions = step_fn(state, images, mask)
     sums = jax.device_get(sums)
     for name, value in sums.items():
       value = np.asarray(value, np.float64)
       if name not in totals:
         totals[name] = value
-      elif name.endswith("_min"):
-        totals[name] = np.minimum(totals[name], value)
-      elif name.endswith("_max"):
-        totals[name] = np.maximum(totals[name], value)
       else:
-        totals[name] = totals[name] + value
+        totals[name] = combine.get(quantizer.combine.get(name), np.add)(totals[name], value)
     have = sum(p[0].shape[0] for p in pairs)
     if have < num_images:
       take = min(num_images - have, real)
       pairs.append((images[:take], np.asarray(reconstructions[:take])))
-  if methods.family(config) == "gq":
-    figures = metrics_lib.summarize_gaussian_eval(totals)
-  else:
-    figures = metrics_lib.summarize_eval(totals)
+  figures = quantizer.summarize(totals)
   if not pairs:
     return figures, None
   originals = np.concatenate([p[0] for p in pairs])
@@ -491,20 +373,19 @@ def train_and_evaluate(
       infinite and config.nonfinite is 'stop'; nothing after the last good
       checkpoint is saved.
     config_checks.ConfigError, checkpointing.CheckpointError,
-      NotADirectoryError, data errors: bad input, before any compilation.
+      errors.UserNotADirectoryError, data errors: bad input, before any compilation.
   """
   config_checks.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir={workdir} is a file; pass a directory (it is created"
-                             " if absent). The file was left untouched.")
+    raise errors.UserNotADirectoryError(
+        f"--workdir={workdir} is a file; pass a directory (it is created"
+        " if absent). The file was left untouched.")
   strategy = parallel.make(config.parallelism)
   primary = jax.process_index() == 0
   logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
                jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
   if dataset is None:
-    dataset = data.make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
-                                data_dir=config.get("data_dir"),
-                                num_eval_examples=config.get("num_eval_examples"))
+    dataset = data.from_config(config)
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
 
@@ -535,6 +416,7 @@ def train_and_evaluate(
       dataset, config.batch_size, start_step=start_step, end_step=end_step,
       shard=jax.process_index(), num_shards=jax.process_count(), put=strategy.put_batch)
   stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
+  progress_metrics = methods.make_quantizer(config).progress
   last_saved = latest
   unchecked = None  # (step, flags) of a step whose non-finite flags are not yet read.
 
@@ -579,7 +461,7 @@ def train_and_evaluate(
               {k: v for k, v in step_metrics.items() if k != "nonfinite"})
           if primary:
             writer.write(done, "train", host_metrics)
-            shown = PROGRESS_METRICS[methods.family(config)] + (
+            shown = progress_metrics + (
                 ("skipped_steps",) if host_metrics["skipped_steps"] else ())
             progress.report(done, {k: host_metrics[k] for k in shown})
         if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
@@ -619,14 +501,3 @@ def train_and_evaluate(
     writer.close()
   return figures
 
-
-def create_train_state_shapes(config: ml_collections.ConfigDict, dataset: Any) -> TrainState:
-  """The state's structure without k-means (for `jax.eval_shape` restore targets)."""
-  model = build_model(config)
-  sample = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
-  variables = model.init(jax.random.key(0), sample, train=False)
-  tx = make_optimizer(config)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                    quantizer_state=initial_quantizer_state(config),
-                    skipped_steps=jnp.zeros((), jnp.int32), tx=tx)

@@ -6,10 +6,10 @@ half-written picture.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image
+
+from gmvq_jax import io as io_lib
 
 
 def image_grid(rows: np.ndarray, padding: int = 2) -> np.ndarray:
@@ -30,9 +30,8 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
   picture = Image.fromarray(image)
   if scale > 1:
     picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  picture.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  with io_lib.atomic_write(path) as tmp:
+    picture.save(tmp, format="PNG")
 
 
 def save_reconstructions(path: str, pairs: np.ndarray, scale: int = 4) -> None:

@@ -7,14 +7,9 @@ import sys
 from absl import flags
 from absl import logging
 
-from gmvq_jax import checkpointing
-from gmvq_jax import config_checks
-from gmvq_jax import conversion
-from gmvq_jax import data
 from gmvq_jax import distributed
-from gmvq_jax import faults
+from gmvq_jax import errors
 from gmvq_jax import train_lib
-from gmvq_jax.data import pipeline
 
 _DISTRIBUTED_FLAGS = {}
 
@@ -67,8 +62,5 @@ def user_errors():
   except train_lib.TrainingStopped as stopped:
     print(str(stopped), flush=True)
     sys.exit(0)
-  except (config_checks.ConfigError, conversion.ConversionError, data.DatasetNotPreparedError,
-          data.DataError,
-          checkpointing.CheckpointError, pipeline.DataPositionError, faults.NonFiniteError,
-          distributed.DistributedSetupError, FileNotFoundError, NotADirectoryError) as error:
+  except errors.UserError as error:
     sys.exit(f"error: {error}")

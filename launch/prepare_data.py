@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from gmvq_jax import errors
 from gmvq_jax.data import tfds_source
 from launch import common
 
@@ -32,7 +33,7 @@ BUILD_MODULES = ("tensorflow", "importlib_resources")
 _MAX_CAUSE_CHARS = 300  # Of the underlying error, quoted in the one-line message.
 
 
-class PrepareError(Exception):
+class PrepareError(errors.UserError):
   """Preparing failed or cannot start; the message is one line saying what to do."""
 
 
@@ -130,7 +131,7 @@ def main(argv):
   common.setup_logging()
   try:
     print(prepare(_DATASET.value, _DATA_DIR.value))
-  except PrepareError as error:
+  except errors.UserError as error:
     sys.exit(f"error: {error}")
 
 

@@ -102,12 +102,12 @@ class BSQTest(parameterized.TestCase):
   def test_loss_composition(self):
     z = _z(6)
     _, aux = bsq.quantize(None, z, entropy_weight=0.3, per_sample_weight=0.5, codebook_weight=2.0,
-                          commitment_weight=0.7, inv_temperature=2.0)
+                          commitment=0.7, inv_temperature=2.0)
     u = bsq.l2_normalize(z)
     per_sample, codebook_entropy, _ = bsq.entropy_terms(u, inv_temperature=2.0)
     hard = jnp.where(u > 0, 1.0, -1.0) / math.sqrt(L)
     commitment = jnp.mean(jnp.sum((u - hard) ** 2, -1))
-    np.testing.assert_allclose(aux["commitment"], commitment, rtol=1e-5)
+    np.testing.assert_allclose(aux["commitment_loss"], commitment, rtol=1e-5)
     expected = 0.3 * (0.5 * per_sample - 2.0 * codebook_entropy) / 2.0 + 0.7 * commitment
     np.testing.assert_allclose(aux["loss"], expected, rtol=1e-5)
 

@@ -16,16 +16,15 @@ from gmvq_jax import config_checks
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax import train_lib
+from gmvq_jax.quantizers import gmvq
 from gmvq_jax.quantizers import kmeans
 from gmvq_jax.quantizers import vq
 import tiny_configs
 
 
 def _codebook(config, params):
-  node = params
-  for name in codebook_init.CODEBOOK_PATHS[methods.family(config)]:
-    node = node[name]
-  return node
+  node = params[methods.make_quantizer(config).params_name]
+  return node["codebook"] if isinstance(node, dict) else node
 
 
 class KMeansInitTest(parameterized.TestCase):
@@ -42,7 +41,7 @@ class KMeansInitTest(parameterized.TestCase):
     model = train_lib.build_model(config)
     points = codebook_init._encoder_points(  # pylint: disable=protected-access
         model, {"params": without.params, "batch_stats": without.batch_stats},
-        dataset.train_batch(0, config.batch_size), l2=bool(config.quantizer.get("l2")))
+        dataset.train_batch(0, config.batch_size))
     fitted, random = _codebook(config, with_kmeans.params), _codebook(config, without.params)
     if config.quantizer.get("affine"):
       affine = with_kmeans.params["quantizer"]["affine"]
@@ -58,7 +57,8 @@ class KMeansInitTest(parameterized.TestCase):
   def test_gumbel_vqvae_refuses_kmeans_init(self):
     config = tiny_configs.method_config("gumbel_vqvae")
     config.quantizer.kmeans_init = True
-    with self.assertRaisesRegex(config_checks.ConfigError, "quantizer.kmeans_init.*nothing to"):
+    with self.assertRaisesRegex(config_checks.ConfigError,
+                                "quantizer.kmeans_init.*not a field of 'gumbel_vqvae'"):
       config_checks.validate(config, 1)
 
   @parameterized.parameters(("kmeans_batches", 0), ("kmeans_init_step", 4),
@@ -72,7 +72,7 @@ class KMeansInitTest(parameterized.TestCase):
     devices = jax.devices()[:4]
     self.assertLen(devices, 4)
     points = jax.random.normal(jax.random.key(0), (64, 5))
-    run = functools.partial(codebook_init.global_kmeans, num_clusters=8, num_iters=5,
+    run = functools.partial(gmvq.global_kmeans, num_clusters=8, num_iters=5,
                             seeding="kmeans++")
     rng = jax.random.key(3)
     one = jax.jit(lambda p: run(rng, p))(points)
@@ -90,38 +90,36 @@ class RemediesTest(parameterized.TestCase):
     codebook = jnp.full((num_codes, dim), 50.0)  # Far from every vector.
     zh = jax.random.normal(jax.random.key(1), (n, dim))
     indices = jnp.zeros((n,), jnp.int32)  # Only code 0 is ever chosen.
-    return dict(codebook=codebook, other=jnp.ones(2)), zh, indices
+    return codebook, zh, indices
 
   def test_kmeans_init_step_reclusters_at_that_step_only(self):
     config = tiny_configs.tiny_config(**{"quantizer.num_codes": 8, "quantizer.kmeans_init_step": 3})
-    params, zh, indices = self._inputs()
+    codebook, zh, indices = self._inputs()
     rng = jax.random.key(0)
-    step_fn = jax.jit(functools.partial(codebook_init.gmvq_after_step, config))
+    step_fn = jax.jit(functools.partial(gmvq.remedies, config.quantizer))
     for step, changes in ((0, False), (1, False), (2, True), (3, False)):
-      new, state, _ = step_fn(params, None, zh, indices, jnp.int32(step), rng)
+      new, state, _ = step_fn(codebook, None, zh, indices, jnp.int32(step), rng)
       self.assertIsNone(state)
-      moved = not np.array_equal(np.asarray(new["codebook"]), np.asarray(params["codebook"]))
+      moved = not np.array_equal(np.asarray(new), np.asarray(codebook))
       self.assertEqual(moved, changes, step)
-      np.testing.assert_array_equal(new["other"], params["other"])
-    new, _, _ = step_fn(params, None, zh, indices, jnp.int32(2), rng)
-    self.assertLess(float(kmeans.distortion(zh, new["codebook"])),
-                    float(kmeans.distortion(zh, params["codebook"])))
+    new, _, _ = step_fn(codebook, None, zh, indices, jnp.int32(2), rng)
+    self.assertLess(float(kmeans.distortion(zh, new)), float(kmeans.distortion(zh, codebook)))
 
   def test_recenter_moves_codes_unchosen_for_recenter_after_steps(self):
     config = tiny_configs.tiny_config(**{"quantizer.num_codes": 8, "quantizer.recenter_after": 2})
-    params, zh, indices = self._inputs()
-    state = codebook_init.init_gmvq_state(config)
-    step_fn = jax.jit(functools.partial(codebook_init.gmvq_after_step, config))
+    codebook, zh, indices = self._inputs()
+    state = methods.make_quantizer(config).init_state()
+    step_fn = jax.jit(functools.partial(gmvq.remedies, config.quantizer))
     rng = jax.random.key(0)
-    first, state, metrics = step_fn(params, state, zh, indices, jnp.int32(0), rng)
-    np.testing.assert_array_equal(first["codebook"], params["codebook"])  # 1 step unused: kept.
+    first, state, metrics = step_fn(codebook, state, zh, indices, jnp.int32(0), rng)
+    np.testing.assert_array_equal(first, codebook)  # 1 step unused: kept.
     self.assertEqual(float(metrics["codes_recentred"]), 0.0)
     second, state, metrics = step_fn(first, state, zh, indices, jnp.int32(1), rng)
     self.assertEqual(float(metrics["codes_recentred"]), 7.0)  # All but code 0.
-    np.testing.assert_array_equal(second["codebook"][0], params["codebook"][0])
+    np.testing.assert_array_equal(second[0], codebook[0])
     rows = np.asarray(zh)
     for code in range(1, 8):  # Each moved code is one of the batch's vectors.
-      self.assertTrue(np.any(np.all(np.isclose(rows, second["codebook"][code]), axis=-1)), code)
+      self.assertTrue(np.any(np.all(np.isclose(rows, second[code]), axis=-1)), code)
     np.testing.assert_array_equal(state.steps_unused, np.zeros(8))
 
   def test_train_step_with_both_remedies_keeps_counters_in_state(self):

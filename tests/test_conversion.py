@@ -119,8 +119,9 @@ class ConversionTest(absltest.TestCase):
     tokens, codebook, _ = conversion.load_tokens(self.tokens_path)
     model = train_lib.build_model(self.config)
     images = np.concatenate(list(dataset.eval_batches(8)))
-    mu, logvar = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             images, False, method=model.encode)
+    mu, logvar = gq.posterior(
+        model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, False,
+                    method=model.encode), self.config.quantizer.latent_channels)
     m = self.config.quantizer.group_size
     expected = gq.quantize(np.asarray(mu).reshape(-1, m),
                            np.exp(0.5 * np.asarray(logvar)).reshape(-1, m), codebook)

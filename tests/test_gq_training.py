@@ -100,14 +100,13 @@ class GQTrainingTest(absltest.TestCase):
     keys = train_lib.example_keys(jax.random.key(1), self.state.step, 8, None)
     variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
     (_, z, aux), _ = model.apply(variables, images, train=True, example_keys=keys,
-                                 sample_fn=train_lib.gq_sample_fn(config), mutable=["batch_stats"])
+                                 mutable=["batch_stats"])
     # The forward value is the codeword of each token's posterior mean.
     m = config.quantizer.group_size
-    codebook = train_lib.gq_codebook(config)
+    codebook = gq.config_codebook(config.quantizer)
     indices = gq.quantize(aux["mu"].reshape(-1, m), jnp.exp(0.5 * aux["logvar"]).reshape(-1, m),
                           codebook, beta=config.quantizer.beta)
     np.testing.assert_array_equal(np.asarray(z).reshape(-1, m), codebook[np.asarray(indices)])
-    self.assertIsNone(train_lib.gq_sample_fn(_tiny_gq_config()))  # ste=False: plain sample.
     # And it trains: the encoder still gets gradients through the Gaussian sample.
     _, trained = _trajectory("jit", config, self.state, self.dataset, 2)
     encoder_moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), self.state.params["encoder"],

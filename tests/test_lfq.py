@@ -89,10 +89,10 @@ class LFQTest(parameterized.TestCase):
 
   def test_loss_composition(self):
     z = _z(5)
-    _, aux = lfq.quantize(None, z, entropy_weight=0.3, diversity_weight=2.0, commitment_weight=0.5)
+    _, aux = lfq.quantize(None, z, entropy_weight=0.3, diversity_weight=2.0, commitment=0.5)
     per_sample, codebook_entropy, _ = lfq.entropy_terms(z)
     commitment = jnp.mean((z - jnp.where(z > 0, 1.0, -1.0)) ** 2)
-    np.testing.assert_allclose(aux["commitment"], commitment, rtol=1e-6)
+    np.testing.assert_allclose(aux["commitment_loss"], commitment, rtol=1e-6)
     np.testing.assert_allclose(
         aux["loss"], 0.3 * (per_sample - 2.0 * codebook_entropy) + 0.5 * commitment, rtol=1e-5)
 

@@ -1,5 +1,6 @@
 """The method registry and the baselines in the training harness."""
 
+import dataclasses
 import functools
 
 from absl.testing import absltest
@@ -16,7 +17,7 @@ from gmvq_jax.quantizers import vq
 import tiny_configs
 
 BASELINES = [name for name in methods.NAMES
-             if methods.get(name).family in methods.BASELINE_FAMILIES]
+             if methods.get(name).module not in ("gmvq", "gq")]
 
 
 def _baseline_config(name, **overrides):
@@ -30,15 +31,29 @@ def _baseline_config(name, **overrides):
 
 class RegistryTest(parameterized.TestCase):
 
-  def test_names_are_the_fifteen_of_the_comparison(self):
+  def test_names_are_those_of_the_comparison(self):
     self.assertEqual(methods.NAMES, (
         "vqvae", "vqvae_l2", "vqvae_replace", "vqvae_l2_replace", "vqvae_affine", "vqvae_opt",
         "vqvae_affine_opt", "sqvae", "gumbel_vqvae", "gmvq", "gmvq_entropy", "gq", "fsq", "lfq",
-        "bsq"))
+        "bsq", "rvq"))
     for name in methods.NAMES:
       method = methods.get(name)
       self.assertTrue(method.description and method.source, name)
       self.assertIn(f"`{name}`", methods.describe())
+
+  def test_quantizer_configs_are_frozen_dataclasses_of_valid_defaults(self):
+    for name in methods.NAMES:
+      config = methods.get(name).quantizer_module().Config.sized(16, 4)
+      field = dataclasses.fields(config)[0].name
+      with self.assertRaises(dataclasses.FrozenInstanceError):
+        setattr(config, field, 3)
+      self.assertEqual(config.validate(num_steps=10), [], name)
+
+  def test_a_field_of_another_method_is_refused(self):
+    config = _baseline_config("vqvae", **{"quantizer.beta": 10.0})
+    with self.assertRaisesRegex(config_checks.ConfigError,
+                                "quantizer.beta=10.0 is invalid: not a field of 'vqvae'"):
+      config_checks.validate(config, num_devices=1)
 
   def test_unknown_name_lists_the_known_ones(self):
     with self.assertRaisesRegex(ValueError, "'vqgan'.*vqvae, vqvae_l2, .*bsq"):
@@ -95,7 +110,10 @@ class BaselineTrainingTest(parameterized.TestCase):
     chex.assert_tree_all_finite(metrics)
     for key in ("loss", "recon", "quantizer_loss", "batch_perplexity", "batch_code_usage"):
       self.assertIn(key, metrics)
-    self.assertBetween(float(metrics["batch_perplexity"]), 1.0, methods.codebook_size(config))
+    quantizer = methods.make_quantizer(config)
+    # RVQ counts each of its stages' codes apart: S tokens of C codes a position.
+    codes = quantizer.codebook_size * quantizer.tokens_per_position
+    self.assertBetween(float(metrics["batch_perplexity"]), 1.0, codes)
     encoder_moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params["encoder"],
                                  new_state.params["encoder"])
     self.assertTrue(all(jax.tree.leaves(encoder_moved)), name)
@@ -103,8 +121,8 @@ class BaselineTrainingTest(parameterized.TestCase):
         new_state, dataset.train_batch(5, 8), np.array([1.0] * 6 + [0.0] * 2, np.float32))
     chex.assert_shape(reconstructions, (8, 16, 16, 3))
     counts = np.asarray(sums["code_counts"])
-    self.assertEqual(counts.shape, (methods.codebook_size(config),))
-    self.assertEqual(counts.sum(), 6 * 4 * 4)  # Masked rows do not count.
+    self.assertEqual(counts.shape, (codes,))
+    self.assertEqual(counts.sum(), 6 * 4 * 4 * quantizer.tokens_per_position)  # Not masked rows.
     self.assertBetween(float(sums["batch_perplexity_sum"]), 1.0, counts.size)
 
   def test_replacement_is_the_same_on_one_and_four_devices(self):
@@ -143,7 +161,7 @@ class BaselineTrainingTest(parameterized.TestCase):
     keys = train_lib.example_keys(jax.random.key(1), state.step, 8, None)
     (_, _, aux), _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                  images, train=True, example_keys=keys, mutable=["batch_stats"])
-    z, indices = np.asarray(aux["z"]), np.asarray(aux["indices"])
+    z, indices = np.asarray(aux["z"]), np.asarray(aux["indices"])  # (N, L), (N,)
     codebook = np.asarray(new_state.params["quantizer"]["codebook"])
     for code in np.unique(indices):
       np.testing.assert_allclose(codebook[code], z[indices == code].mean(0), rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvq_jax import config_checks
-from gmvq_jax import methods
 from gmvq_jax import metric_writers
 from gmvq_jax import train_lib
 import tiny_configs
@@ -24,11 +23,10 @@ def _config(method, dtype):
 def _apply(config, images):
   model = train_lib.build_model(config)
   state = train_lib.create_train_state(config, jax.random.key(0), tiny_configs.RandomImages())
-  kwargs = {} if methods.family(config) == "gq" else dict(temperature=1.0)
   (reconstructions, z, aux), _ = model.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, images, train=True,
       example_keys=jax.random.split(jax.random.key(1), images.shape[0]),
-      mutable=["batch_stats"], **kwargs)
+      mutable=["batch_stats"])
   return state, reconstructions, z, aux
 
 

@@ -54,8 +54,8 @@ class TrainStepTest(parameterized.TestCase):
     def loss_fn(params):
       (recon, z, aux), _ = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-          example_keys=keys, temperature=1.0, mutable=["batch_stats"])
-      return gmvq.albo_loss(images, recon, z, aux, params["codebook"], beta=1.0,
+          example_keys=keys, mutable=["batch_stats"])
+      return gmvq.albo_loss(images, recon, aux["z"], aux, params["codebook"], beta=1.0,
                             gamma=0.48)[0]
 
     grads = jax.jit(jax.grad(loss_fn))(state.params)

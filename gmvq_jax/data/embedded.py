@@ -16,6 +16,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
+from gmvq_jax import errors
 from gmvq_jax.data import shuffling
 
 # Natural photographs only: no synthetic images (color.png, phantom.png),
@@ -81,7 +82,7 @@ def photo_dir() -> str:
 def _pyramid(name: str) -> dict[int, np.ndarray]:
   path = os.path.join(photo_dir(), name)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.UserFileNotFoundError(
         f"Photograph {path} of the embedded dataset is missing; this scikit-image"
         " install does not ship it (the dataset was built against scikit-image 0.26).")
   with Image.open(path) as image:

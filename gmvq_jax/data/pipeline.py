@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from gmvq_jax import errors
 
 # Batches read and placed ahead of the one in use: one overlaps the step
 # that runs, the second absorbs jitter in read times.
@@ -22,7 +24,23 @@ DEFAULT_PREFETCH = 2
 _POLL_SECONDS = 0.1
 
 
-class DataPositionError(ValueError):
+def padded_batches(batches: Iterator[np.ndarray],
+                   batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+  """Each batch zero-padded to `batch_size` rows, so one compiled step serves them all.
+
+  Yields:
+    `(padded, mask, real)`: (batch_size, ...) rows, of which the first `real`
+    are the batch's; mask (batch_size,) float32, 1 on those rows.
+  """
+  for batch in batches:
+    real = batch.shape[0]
+    mask = (np.arange(batch_size) < real).astype(np.float32)
+    if real < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
+    yield batch, mask, real
+
+
+class DataPositionError(errors.UserError, ValueError):
   """A checkpoint's data position does not match the dataset this run reads."""
 
 

@@ -11,10 +11,11 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from gmvq_jax import errors
 from gmvq_jax.data import embedded
 from gmvq_jax.data import shuffling
 
-TFDS_DATASET_NAMES = ("cifar10", "celeb_a", "imagenet2012")
+TFDS_DATASET_NAMES = shuffling.TFDS_DATASET_NAMES
 # 'folder' and 'npz' are the user's own images, found at config.data_dir.
 USER_DATASET_NAMES = ("folder", "npz")
 # The splits eval_batches serves: "val" (choose hyperparameters on it) and
@@ -27,16 +28,8 @@ DEFAULT_IMAGE_SIZE = {"embedded": embedded.DEFAULT_IMAGE_SIZE, "cifar10": 32, "c
                       "imagenet2012": 256, "folder": 64, "npz": 64}
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS dataset has no ArrayRecord files in data_dir; the message says how to build them."""
-
-
-class DataError(ValueError):
-  """The user's own images (dataset 'folder' or 'npz') are missing or unreadable.
-
-  The message names the file or array at fault and how to fix it, in a form a
-  launcher can print as one line.
-  """
+DatasetNotPreparedError = errors.DatasetNotPreparedError
+DataError = errors.DataError
 
 
 class ImageDataset(Protocol):
@@ -129,3 +122,10 @@ def make_dataset(name: str, *, image_size: int, seed: int, data_dir: str | None 
   from gmvq_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsImageDataset(name, image_size=image_size, seed=seed, data_dir=data_dir,
                                       num_eval_examples=num_eval_examples)
+
+
+def from_config(config: Any) -> ImageDataset:
+  """The dataset a training config names (dataset, image_size, seed, data_dir, num_eval_examples)."""
+  return make_dataset(config.dataset, image_size=config.image_size, seed=config.seed,
+                      data_dir=config.get("data_dir"),
+                      num_eval_examples=config.get("num_eval_examples"))

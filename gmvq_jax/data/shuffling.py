@@ -18,6 +18,9 @@ _CACHED_EPOCHS = 2
 # The splits `eval_batches` serves: "val" to choose hyperparameters on, "test"
 # for the figures reported (never tuned on). registry.EVAL_SPLITS is this.
 EVAL_SPLITS = ("val", "test")
+# The TFDS datasets (tfds_source serves them); here so that the registry
+# and tfds_source need not import each other.
+TFDS_DATASET_NAMES = ("cifar10", "celeb_a", "imagenet2012")
 # A source without a validation split of its own holds out the last tenth of
 # its training split, at most MAX_HELD_OUT_TFDS examples for the TFDS datasets.
 HELD_OUT_FRACTION_DIVISOR = 10

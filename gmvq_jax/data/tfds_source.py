@@ -13,12 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from gmvq_jax import errors
 from gmvq_jax.data import images as image_ops
 from gmvq_jax.data import shuffling
-from gmvq_jax.data.registry import DatasetNotPreparedError
-from gmvq_jax.data.registry import TFDS_DATASET_NAMES
 
-TFDS_NAMES = TFDS_DATASET_NAMES
+TFDS_NAMES = shuffling.TFDS_DATASET_NAMES
 # The TFDS split our "test" split is: ImageNet's test labels are not public,
 # so its 50,000-image validation split plays that role.
 TEST_SPLITS = {"cifar10": "test", "celeb_a": "test", "imagenet2012": "validation"}
@@ -98,7 +97,7 @@ def open_split(name: str, split: str, data_dir: str | None) -> Sequence[dict[str
     if tfds.core.FileFormat.ARRAY_RECORD in formats:
       raise  # Prepared, so this is a different problem; keep TFDS's error.
     root = os.fspath(builder.data_dir_root)
-    raise DatasetNotPreparedError(_not_prepared_message(name, root, error)) from error
+    raise errors.DatasetNotPreparedError(_not_prepared_message(name, root, error)) from error
 
 
 def check_image_size(name: str, image_size: int) -> int:

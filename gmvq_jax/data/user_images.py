@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from gmvq_jax import errors
 from gmvq_jax.data import images as image_ops
 from gmvq_jax.data import shuffling
-from gmvq_jax.data.registry import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # Matched case-insensitively.
 SPLITS = ("train", "test")  # Required.
@@ -64,7 +64,7 @@ def _held_out(train_size: int, has_val: bool, where: str, missing: str, fix: str
     return None
   held_out = shuffling.held_out_size(train_size)
   if held_out >= train_size:
-    raise DataError(
+    raise errors.DataError(
         f"{where} holds only {train_size} image(s) and there is no {missing}, so the"
         f" validation split would be the last {held_out} training image(s), leaving none to"
         f" train on; add {fix}, or more training images.")
@@ -128,11 +128,11 @@ def load_image(path: str, image_size: int) -> np.ndarray:
       else:
         pixels = np.asarray(image.convert("RGB"))
   except Exception as error:  # As in _open_problem, PIL raises many types.
-    raise DataError(
+    raise errors.DataError(
         f"Cannot decode image file {path} ({type(error).__name__}: {error}); it is probably"
         " truncated or corrupted: remove or replace it, then restart.") from error
   if min(pixels.shape[:2]) == 0:
-    raise DataError(f"Image file {path} has no pixels ({pixels.shape[1]}x{pixels.shape[0]});"
+    raise errors.DataError(f"Image file {path} has no pixels ({pixels.shape[1]}x{pixels.shape[0]});"
                     " remove or replace it.")
   return image_ops.center_crop_resize(pixels, image_size)
 
@@ -163,12 +163,12 @@ class FolderDataset(shuffling.ShuffledSplits):
     self.image_shape = (self.image_size, self.image_size, 3)
     self.seed = shuffling.check_int(seed, "seed")
     if data_dir is None:
-      raise DataError(f"config.data_dir is not set; {FOLDER_LAYOUT}.")
+      raise errors.DataError(f"config.data_dir is not set; {FOLDER_LAYOUT}.")
     self.data_dir = os.path.expanduser(os.fspath(data_dir))
     if not os.path.exists(self.data_dir):
-      raise DataError(f"config.data_dir={self.data_dir!r} does not exist; {FOLDER_LAYOUT}.")
+      raise errors.DataError(f"config.data_dir={self.data_dir!r} does not exist; {FOLDER_LAYOUT}.")
     if not os.path.isdir(self.data_dir):
-      raise DataError(f"config.data_dir={self.data_dir!r} is a file, not a directory;"
+      raise errors.DataError(f"config.data_dir={self.data_dir!r} is a file, not a directory;"
                       f" {FOLDER_LAYOUT} (for an .npz file use dataset='npz').")
     self._files = {split: self._split_files(split) for split in SPLITS}
     if os.path.isdir(os.path.join(self.data_dir, VAL_SPLIT)):
@@ -198,11 +198,11 @@ class FolderDataset(shuffling.ShuffledSplits):
     if not os.path.isdir(directory):
       present = sorted(os.listdir(self.data_dir))
       shown = ", ".join(present[:_SHOWN_FILES]) + (", ..." if len(present) > _SHOWN_FILES else "")
-      raise DataError(f"{self.data_dir} has no {split}/ subdirectory (it holds:"
+      raise errors.DataError(f"{self.data_dir} has no {split}/ subdirectory (it holds:"
                       f" {shown or 'nothing'}); {FOLDER_LAYOUT}.")
     paths = find_images(directory)
     if not paths:
-      raise DataError(f"{directory} holds no .png/.jpg/.jpeg images; {FOLDER_LAYOUT}.")
+      raise errors.DataError(f"{directory} holds no .png/.jpg/.jpeg images; {FOLDER_LAYOUT}.")
     return paths
 
   @staticmethod
@@ -212,7 +212,7 @@ class FolderDataset(shuffling.ShuffledSplits):
     if problems:
       shown = "; ".join(f"{path} ({problem})" for path, problem in problems[:_SHOWN_FILES])
       more = f"; and {len(problems) - _SHOWN_FILES} more" if len(problems) > _SHOWN_FILES else ""
-      raise DataError(f"{len(problems)} image file(s) cannot be opened: {shown}{more}."
+      raise errors.DataError(f"{len(problems)} image file(s) cannot be opened: {shown}{more}."
                       " Remove or replace them, then restart.")
 
   def files(self, split: str) -> tuple[str, ...]:
@@ -241,18 +241,18 @@ def _checked_images(path: str, name: str, images: np.ndarray) -> np.ndarray:
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
   if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
-    raise DataError(f"{where} has shape {images.shape}; expected (N, H, W, 3) RGB or"
+    raise errors.DataError(f"{where} has shape {images.shape}; expected (N, H, W, 3) RGB or"
                     f" (N, H, W) greyscale images. {NPZ_LAYOUT}.")
   if 0 in images.shape:
-    raise DataError(f"{where} holds no images (shape {images.shape}). {NPZ_LAYOUT}.")
+    raise errors.DataError(f"{where} holds no images (shape {images.shape}). {NPZ_LAYOUT}.")
   if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-    raise DataError(
+    raise errors.DataError(
         f"{where} has dtype {images.dtype}; expected uint8 (0..255) or float (0..1)."
         " If it holds integers 0..255, store images.astype(np.uint8).")
   if np.issubdtype(images.dtype, np.floating):
     low, high = float(images.min()), float(images.max())  # NaN propagates to both.
     if not (0.0 <= low and high <= 1.0):
-      raise DataError(
+      raise errors.DataError(
           f"{where} is {images.dtype} with values in [{low}, {high}]; float images must lie"
           " in [0, 1] (no NaN): divide 0..255 values by 255, or store them as uint8.")
   return images
@@ -284,12 +284,12 @@ class NpzDataset(shuffling.ShuffledSplits):
     self.image_shape = (self.image_size, self.image_size, 3)
     self.seed = shuffling.check_int(seed, "seed")
     if data_dir is None:
-      raise DataError(f"config.data_dir is not set; {NPZ_LAYOUT}.")
+      raise errors.DataError(f"config.data_dir is not set; {NPZ_LAYOUT}.")
     self.path = os.path.expanduser(os.fspath(data_dir))
     if not os.path.exists(self.path):
-      raise DataError(f"config.data_dir={self.path!r} does not exist; {NPZ_LAYOUT}.")
+      raise errors.DataError(f"config.data_dir={self.path!r} does not exist; {NPZ_LAYOUT}.")
     if os.path.isdir(self.path):
-      raise DataError(f"config.data_dir={self.path!r} is a directory; {NPZ_LAYOUT}"
+      raise errors.DataError(f"config.data_dir={self.path!r} is a directory; {NPZ_LAYOUT}"
                       " (for a folder of image files use dataset='folder').")
     self._arrays = self._load()
     train_size = len(self._arrays["train"])
@@ -306,22 +306,22 @@ class NpzDataset(shuffling.ShuffledSplits):
     try:
       archive = np.load(self.path, allow_pickle=False)
     except Exception as error:  # Not a zip, not an array, ...
-      raise DataError(f"Cannot read {self.path} as an .npz file ({type(error).__name__}:"
+      raise errors.DataError(f"Cannot read {self.path} as an .npz file ({type(error).__name__}:"
                       f" {error}); {NPZ_LAYOUT}.") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
-      raise DataError(f"{self.path} holds a single array (.npy), not an .npz archive;"
+      raise errors.DataError(f"{self.path} holds a single array (.npy), not an .npz archive;"
                       f" {NPZ_LAYOUT}.")
     with archive:
       missing = [name for name in SPLITS if name not in archive.files]
       if missing:
-        raise DataError(f"{self.path} has no array {missing[0]!r} (it has"
+        raise errors.DataError(f"{self.path} has no array {missing[0]!r} (it has"
                         f" {sorted(archive.files)}); {NPZ_LAYOUT}.")
       arrays = {}
       for name in SPLITS + ((VAL_SPLIT,) if VAL_SPLIT in archive.files else ()):
         try:
           images = archive[name]
         except Exception as error:  # Object arrays need pickle; a damaged member, zlib.
-          raise DataError(f"Cannot read {self.path}[{name!r}] ({type(error).__name__}:"
+          raise errors.DataError(f"Cannot read {self.path}[{name!r}] ({type(error).__name__}:"
                           f" {error}); {NPZ_LAYOUT}.") from error
         arrays[name] = _checked_images(self.path, name, images)
     return arrays

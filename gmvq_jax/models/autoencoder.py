@@ -1,21 +1,19 @@
-"""Autoencoder glue: encoder -> quantizer (GM-VQ, a baseline) or Gaussian posterior (GQ) -> decoder.
+"""The autoencoder every method shares: encoder -> the method's quantizer -> decoder.
 
-The quantizers themselves are pure functions (`gmvq_jax.quantizers`); these
-modules only own the quantizer parameters and reshape the latent grid.
+The quantizer is a `gmvq_jax.quantizers.interface.Quantizer` record of pure
+functions; this module owns its parameters and the per-vector noise keys.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gmvq_jax.models import networks
-from gmvq_jax.quantizers import common
-from gmvq_jax.quantizers import gmvq
-from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import interface
 
 
 def vector_keys(example_keys: jax.Array, vectors_per_example: int) -> jax.Array:
@@ -33,178 +31,29 @@ def vector_keys(example_keys: jax.Array, vectors_per_example: int) -> jax.Array:
   return per_example(example_keys).reshape(-1)
 
 
-def _encoder_decoder(module: nn.Module, encoder_width: int):
-  """The shared ResNet encoder (to `encoder_width` channels) and decoder of every model.
-
-  Called from a model's `setup`; reads its channels, num_res_blocks,
-  axis_name and dtype fields.
-  """
-  shared = (module.channels, module.num_res_blocks, module.axis_name, module.dtype)
-  return networks.Encoder(encoder_width, *shared), networks.Decoder(*shared)
-
-
-class GMVQAutoencoder(nn.Module):
-  """The GM-VQ model: the encoder emits (zh, r) of width L each (Eq. 15).
+class Autoencoder(nn.Module):
+  """Encoder (to `quantizer.encoder_width` channels), quantizer, decoder.
 
   Attributes:
-    num_codes: C.
-    latent_dim: L.
-    sigma_z2: the fixed variance of Eq. 18.
-    channels: widths of the two stride-2 stages.
+    quantizer: the method's `Quantizer`.
+    channels: widths of the stride-2 stages.
     num_res_blocks: residual blocks in encoder and decoder.
     axis_name: batch axis for cross-device BatchNorm, None on one device.
     dtype: network compute dtype; quantizer math is always float32.
   """
 
-  num_codes: int
-  latent_dim: int
-  sigma_z2: float = 1.0
+  quantizer: interface.Quantizer
   channels: Sequence[int] = (32, 64)
   num_res_blocks: int = 2
   axis_name: Any = None
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder, self.decoder = _encoder_decoder(self, 2 * self.latent_dim)
-    self.codebook = self.param(
-        "codebook", nn.initializers.normal(1.0), (self.num_codes, self.latent_dim), jnp.float32)
-
-  def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Images (B, H, W, 3) -> (zh, r), each (B, h, w, L) float32."""
-    out = self.encoder(images, train).astype(jnp.float32)
-    return out[..., : self.latent_dim], out[..., self.latent_dim:]
-
-  def decode(self, z: jax.Array, train: bool) -> jax.Array:
-    """Latents (B, h, w, L) -> images (B, H, W, 3) in (0, 1)."""
-    return self.decoder(z, train)
-
-  def __call__(
-      self,
-      images: jax.Array,
-      *,
-      train: bool,
-      example_keys: jax.Array | None = None,
-      temperature: jax.Array | float = 1.0,
-  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Encodes, quantizes and decodes.
-
-    Args:
-      images: (B, H, W, 3) in [0, 1].
-      train: Gumbel sampling and batch statistics (True), or the noise-free
-        argmax and running statistics (False).
-      example_keys: (B,) typed keys, one per example; required when `train`.
-      temperature: Gumbel-softmax temperature.
-
-    Returns:
-      `(reconstructions, z, aux)`: (B, H, W, 3), (N, L) with N = B h w, and
-      the quantizer's aux dict.
-    """
-    zh, raw_weights = self.encode(images, train)
-    batch, height, width, dim = zh.shape
-    rng = None
-    if train:
-      rng = vector_keys(example_keys, height * width)
-    z, aux = gmvq.quantize(
-        self.codebook,
-        zh.reshape(-1, dim),
-        raw_weights.reshape(-1, dim),
-        rng=rng,
-        temperature=temperature,
-        sigma_z2=self.sigma_z2,
-        train=train,
-    )
-    reconstructions = self.decode(z.reshape(batch, height, width, dim), train)
-    return reconstructions, z, dict(aux, zh=zh.reshape(-1, dim))
-
-
-class GaussianAutoencoder(nn.Module):
-  """The GQ model: a Gaussian VAE whose encoder emits (mu, logvar), 2c channels.
-
-  Training samples `z = mu + sigma * eps` (ALGORITHMS.md §2); evaluation
-  decodes the posterior mean. Offline, `gq.quantize` turns `mu` into tokens.
-
-  Attributes:
-    latent_channels: c, channels of the latent grid (tokens are groups of m).
-    channels, num_res_blocks, axis_name, dtype: as in `GMVQAutoencoder`.
-  """
-
-  latent_channels: int
-  channels: Sequence[int] = (32, 64)
-  num_res_blocks: int = 2
-  axis_name: Any = None
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.encoder, self.decoder = _encoder_decoder(self, 2 * self.latent_channels)
-
-  def encode(self, images: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Images -> (mu, logvar), each (B, h, w, c) float32, logvar clipped to [-30, 20]."""
-    out = self.encoder(images, train).astype(jnp.float32)
-    mu, logvar = out[..., : self.latent_channels], out[..., self.latent_channels:]
-    return mu, jnp.clip(logvar, gq.LOGVAR_MIN, gq.LOGVAR_MAX)
-
-  def decode(self, z: jax.Array, train: bool) -> jax.Array:
-    """Latents (B, h, w, c) -> images (B, H, W, 3) in (0, 1)."""
-    return self.decoder(z, train)
-
-  def __call__(
-      self,
-      images: jax.Array,
-      *,
-      train: bool,
-      example_keys: jax.Array | None = None,
-      sample_fn: Callable[..., jax.Array] | None = None,
-  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Encodes, samples (train) or takes the mean (eval), and decodes.
-
-    Args:
-      images: (B, H, W, 3) in [0, 1].
-      train: sample z and use batch statistics, or decode the mean.
-      example_keys: (B,) typed keys; required when `train`.
-      sample_fn: `(mu, logvar, eps) -> z` replacing the plain Gaussian sample
-        `mu + sigma * eps` when training, e.g. the straight-through variant
-        `gq.quantize_ste` with its codebook bound.
-
-    Returns:
-      `(reconstructions, z, aux)`: z is (B, h, w, c); aux holds `mu` and
-      `logvar`, each (B, h, w, c).
-    """
-    mu, logvar = self.encode(images, train)
-    z = mu
-    if train:
-      batch, height, width, channels = mu.shape
-      keys = vector_keys(example_keys, height * width)
-      eps = common.draw(jax.random.normal, keys, (batch * height * width, channels))
-      eps = eps.reshape(mu.shape)
-      z = mu + jnp.exp(0.5 * logvar) * eps if sample_fn is None else sample_fn(mu, logvar, eps)
-    return self.decode(z, train), z, dict(mu=mu, logvar=logvar)
-
-
-class BaselineAutoencoder(nn.Module):
-  """A baseline quantizer (VQ-VAE family, SQ-VAE, Gumbel-VQVAE, FSQ, LFQ, BSQ) in the shared network.
-
-  Attributes:
-    encoder_width: channels the encoder emits per position.
-    latent_width: channels the quantizer returns and the decoder reads.
-    quantize: `(params, z, *, rng, temperature, train) -> (z_q, aux)` on
-      (N, encoder_width) vectors (`methods.make_quantize`).
-    init_quantizer_params: `rng -> params` of the quantizer, or None.
-    channels, num_res_blocks, axis_name, dtype: as in `GMVQAutoencoder`.
-  """
-
-  encoder_width: int
-  latent_width: int
-  quantize: Callable[..., Any]
-  init_quantizer_params: Callable[[jax.Array], Any] | None = None
-  channels: Sequence[int] = (32, 64)
-  num_res_blocks: int = 2
-  axis_name: Any = None
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.encoder, self.decoder = _encoder_decoder(self, self.encoder_width)
-    self.quantizer = (None if self.init_quantizer_params is None
-                      else self.param("quantizer", self.init_quantizer_params))
+    shared = (self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    self.encoder = networks.Encoder(self.quantizer.encoder_width, *shared)
+    self.decoder = networks.Decoder(*shared)
+    init = self.quantizer.init_params
+    self.quantizer_params = None if init is None else self.param(self.quantizer.params_name, init)
 
   def encode(self, images: jax.Array, train: bool) -> jax.Array:
     """Images (B, H, W, 3) -> encoder outputs (B, h, w, encoder_width) float32."""
@@ -220,18 +69,24 @@ class BaselineAutoencoder(nn.Module):
       *,
       train: bool,
       example_keys: jax.Array | None = None,
-      temperature: jax.Array | float = 1.0,
+      step: jax.Array | int = 0,
+      quantizer_state: Any = None,
   ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Encodes, quantizes and decodes.
 
+    Args:
+      images: (B, H, W, 3) in [0, 1].
+      train: the quantizer's training path (noise, sampling) and batch
+        statistics, or its noise-free path and running statistics.
+      example_keys: (B,) typed keys, one per example; required when `train`.
+      step: the training step (temperature schedules).
+      quantizer_state: the quantizer's non-gradient state.
+
     Returns:
-      `(reconstructions, z_q, aux)`: (B, H, W, 3), (N, latent_width) and the
-      quantizer's aux dict, plus `z` (N, encoder_width), the encoder vectors.
+      `(reconstructions, z_q, aux)`: (B, H, W, 3), the decoder's (B, h, w, c)
+      input and the quantizer's aux dict.
     """
     z = self.encode(images, train)
-    batch, height, width, dim = z.shape
-    rng = vector_keys(example_keys, height * width) if train else None
-    z_q, aux = self.quantize(self.quantizer, z.reshape(-1, dim), rng=rng,
-                             temperature=temperature, train=train)
-    reconstructions = self.decode(z_q.reshape(batch, height, width, -1), train)
-    return reconstructions, z_q, dict(aux, z=z.reshape(-1, dim))
+    rng = vector_keys(example_keys, z.shape[1] * z.shape[2]) if train else None
+    z_q, aux = self.quantizer.apply(self.quantizer_params, quantizer_state, z, rng, step, train)
+    return self.decode(z_q, train), z_q, aux

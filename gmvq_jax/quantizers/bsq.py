@@ -7,6 +7,7 @@ entropy penalty is factorised over bits, so any L is affordable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 from gmvq_jax.quantizers import lfq
 from gmvq_jax.quantizers import vq
 
@@ -77,7 +79,7 @@ def quantize(
     entropy_weight: float = 0.1,
     per_sample_weight: float = 1.0,
     codebook_weight: float = 1.0,
-    commitment_weight: float = 0.0,
+    commitment: float = 0.0,
     inv_temperature: float = 1.0,
     axis_name: Any = None,
     train: bool = True,
@@ -91,7 +93,7 @@ def quantize(
 
   loss = entropy_weight * (per_sample_weight * per_sample_entropy
                            - codebook_weight * codebook_entropy) / inv_temperature
-         + commitment_weight * mean_n ||u_n - sg(u_hat_n)||^2
+         + commitment * mean_n ||u_n - sg(u_hat_n)||^2
 
   as in the BSQ reference code (gamma0 = gamma = 1, commitment beta = 0);
   entropy_weight = 0.1 is the reference ImageNet configs' codebook-loss
@@ -105,7 +107,7 @@ def quantize(
       its codebook-loss weight).
     per_sample_weight: gamma0, weight of the per-sample entropy.
     codebook_weight: gamma, weight of the codebook entropy.
-    commitment_weight: beta, weight of the commitment loss.
+    commitment: beta, weight of the commitment loss.
     inv_temperature: tau of the soft assignment.
     axis_name: the named batch axis for the global-batch entropy terms.
     train: unused (the same map in training and evaluation).
@@ -113,7 +115,7 @@ def quantize(
   Returns:
     `(z_q, aux)`: `z_q` (N, L) float32 with entries +-1/sqrt(L); `aux`
     holds `indices` (N,) int32 in [0, 2^L), `per_sample_entropy`,
-    `codebook_entropy`, `entropy_loss`, `commitment`, `loss` (float32
+    `codebook_entropy`, `entropy_loss`, `commitment_loss`, `loss` (float32
     scalars) and `bit_usage` (L,), the batch-mean probability of bit 1.
   """
   del params, rng, train
@@ -121,18 +123,64 @@ def quantize(
   u = l2_normalize(z)
   hard = jnp.where(u > 0, 1.0, -1.0).astype(jnp.float32) / math.sqrt(num_bits)
   z_q = u + jax.lax.stop_gradient(hard - u)
-  commitment = jnp.mean(jnp.sum(jnp.square(u - jax.lax.stop_gradient(hard)), axis=-1))
+  commitment_loss = jnp.mean(jnp.sum(jnp.square(u - jax.lax.stop_gradient(hard)), axis=-1))
   per_sample, codebook_entropy, avg = entropy_terms(
       u, inv_temperature=inv_temperature, axis_name=axis_name)
   entropy_loss = per_sample_weight * per_sample - codebook_weight * codebook_entropy
-  loss = entropy_weight * entropy_loss / inv_temperature + commitment_weight * commitment
+  loss = entropy_weight * entropy_loss / inv_temperature + commitment * commitment_loss
   aux = dict(
       indices=codes_to_indices(hard),
       per_sample_entropy=per_sample,
       codebook_entropy=codebook_entropy,
       entropy_loss=entropy_loss,
-      commitment=commitment,
+      commitment_loss=commitment_loss,
       loss=loss,
       bit_usage=avg,
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """BSQ's fields and defaults; num_bits is the latent width."""
+
+  num_bits: int
+  entropy_weight: float = 0.1
+  inv_temperature: float = 1.0
+  commitment: float = 0.0
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim  # log2(num_codes) bits per position.
+    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  problems = lfq.check_bits(q)
+  if isinstance(q.get("num_bits"), int) and q.num_bits > 31:
+    problems.append(("quantizer.num_bits", q.num_bits, "must be <= 31 (int32 indices)"))
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """BSQ as a `Quantizer`: no parameters, no state."""
+  del num_steps
+
+  def apply(params, z, *, rng, temperature, train):
+    del rng, temperature
+    return quantize(None, z, entropy_weight=q.entropy_weight,
+                    commitment=q.commitment, inv_temperature=q.inv_temperature,
+                    axis_name=axis_name, train=train)
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      axis_name=axis_name)

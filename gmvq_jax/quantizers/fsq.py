@@ -6,12 +6,15 @@ values; the implicit codebook is the product grid. No loss, no parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -156,3 +159,49 @@ def quantize(
       loss=jnp.zeros((), jnp.float32),
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+def default_levels(num_codes: int) -> tuple[int, ...]:
+  """The recommended levels of the table size nearest `num_codes` in log2 (ties: the smaller)."""
+  size = min(RECOMMENDED_LEVELS, key=lambda s: (abs(math.log2(s) - math.log2(num_codes)), s))
+  return RECOMMENDED_LEVELS[size]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """FSQ's one field: the levels per channel (their number is the latent width)."""
+
+  levels: tuple[int, ...]
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim
+    return cls(levels=default_levels(num_codes))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  levels = q.get("levels")
+  if (isinstance(levels, (tuple, list)) and levels
+      and all(isinstance(l, int) and l >= 2 for l in levels)):
+    return []
+  return [("quantizer.levels", levels, "must be a tuple of integers >= 2, e.g. (8, 5, 5, 5)")]
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """FSQ as a `Quantizer`: no parameters, no loss, no state."""
+  del num_steps
+  levels = tuple(q.levels)
+  return interface.code_quantizer(
+      quantize=lambda params, z, *, rng, temperature, train: quantize(None, z, levels=levels,
+                                                                      train=train),
+      encoder_width=len(levels), codebook_size=codebook_size(levels),
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, levels),
+      axis_name=axis_name)

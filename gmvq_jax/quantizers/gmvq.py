@@ -6,13 +6,19 @@ Pure functions on flattened `(N, L)` latents, as specified in ALGORITHMS.md §1
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from gmvq_jax import metrics as metrics_lib
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
+from gmvq_jax.quantizers import kmeans
+from gmvq_jax.quantizers import vq
 
 OBJECTIVES = ("albo", "elbo")
 LATENT_REGS = ("sampled", "aggregated")
@@ -282,3 +288,168 @@ def temperature_schedule(
   rate = math.log(tau_0 / tau_min) / anneal_steps
   step = jnp.asarray(step, jnp.float32)
   return jnp.maximum(tau_min, tau_0 * jnp.exp(-rate * step))
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """GM-VQ's fields and defaults: the single home of each."""
+
+  num_codes: int
+  latent_dim: int
+  beta: float = 1.0
+  gamma: float = 0.048
+  sigma_z2: float = 0.5  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
+  objective: str = "albo"
+  latent_reg: str = "sampled"
+  tau_0: float = 2.0
+  tau_min: float = 0.1
+  anneal_fraction: float = 0.8
+  kmeans_init: bool = True
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+  kmeans_init_step: int = 0  # > 0: k-means again on the global batch of that step.
+  recenter_after: int = 0  # > 0: codes unchosen this many steps move onto the data.
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  need_number = interface.need_number
+  problems = (interface.codebook_fields(q) + need_number(q, "beta", 0.0)
+              + need_number(q, "gamma", 0.0) + need_number(q, "sigma_z2", 0.0, strict=True)
+              + interface.need_choice(q, "objective", OBJECTIVES)
+              + interface.need_choice(q, "latent_reg", LATENT_REGS))
+  taus = need_number(q, "tau_min", 0.0, strict=True) + need_number(q, "tau_0", 0.0, strict=True)
+  problems += taus
+  if not taus and q.tau_0 < q.tau_min:
+    problems.append(("quantizer.tau_0", q.tau_0, f"must be >= quantizer.tau_min={q.tau_min}"))
+  fraction = need_number(q, "anneal_fraction", 0.0, strict=True)
+  if not fraction and q.anneal_fraction > 1.0:
+    fraction = [("quantizer.anneal_fraction", q.anneal_fraction, "must be in (0, 1]")]
+  problems += fraction
+  for field in ("kmeans_init_step", "recenter_after"):  # Absent in configs of older versions.
+    if field in q:
+      problems += interface.need_int(q, field, 0)
+  step = q.get("kmeans_init_step", 0)
+  if isinstance(step, int) and step >= num_steps:
+    problems.append(("quantizer.kmeans_init_step", step,
+                     f"must be smaller than num_steps={num_steps} (0: only at init)"))
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """GM-VQ with the ALBO (or ELBO) objective as a `Quantizer`; its codebook is `codebook`."""
+  dim = q.latent_dim
+
+  def schedule(step):
+    return temperature_schedule(step, total_steps=num_steps, tau_0=q.tau_0, tau_min=q.tau_min,
+                                anneal_fraction=q.anneal_fraction)
+
+  def apply(codebook, state, z, rng, step, train):
+    del state
+    zh, raw_weights = z[..., :dim], z[..., dim:]  # Eq. 15: the encoder emits (zh, r).
+    batch, height, width, _ = zh.shape
+    z_q, aux = quantize(codebook, zh.reshape(-1, dim), raw_weights.reshape(-1, dim), rng=rng,
+                        temperature=schedule(step) if train else 1.0, sigma_z2=q.sigma_z2,
+                        train=train)
+    return z_q.reshape(batch, height, width, dim), dict(aux, zh=zh.reshape(-1, dim), z=z_q)
+
+  def loss(codebook, state, images, reconstructions, z_q, aux):
+    value, terms = albo_loss(images, reconstructions, aux["z"], aux, codebook, beta=q.beta,
+                             gamma=q.gamma, objective=q.objective, latent_reg=q.latent_reg,
+                             axis_name=axis_name)
+    max_probs = jnp.max(jax.lax.stop_gradient(aux["probs"]), axis=0)  # (C,)
+    return value, terms, (aux["codes"], max_probs, aux["zh"], aux["indices"])
+
+  def update(codebook, state, carry, step, rng):
+    codes, max_probs, zh, indices = carry
+    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
+    metrics = interface.code_metrics(code_counts, schedule(step))
+    metrics["batch_reachable_codes"] = metrics_lib.reachable_codes(
+        common.pmax(max_probs, axis_name))
+    codebook, state, extra = remedies(q, codebook, state, zh, indices, step, rng,
+                                      axis_name=axis_name)
+    metrics.update(extra)
+    return codebook, state, metrics
+
+  def tokenize(codebook, z):
+    _, aux = apply(codebook, None, z, None, 0, False)
+    return aux["indices"].reshape(z.shape[:-1] + (1,))
+
+  return interface.Quantizer(
+      encoder_width=2 * dim, codebook_size=q.num_codes, tokens_per_position=1,
+      params_name="codebook",
+      init_params=lambda rng: jax.random.normal(rng, (q.num_codes, dim), jnp.float32),
+      init_state=lambda: (vq.init_replace_state(q.num_codes) if q.get("recenter_after", 0)
+                          else None),
+      apply=apply, loss=loss, update=update,
+      eval_stats=lambda images, reconstructions, aux, mask: interface.code_eval_stats(
+          images, reconstructions, aux, mask, q.num_codes),
+      combine=interface.CODE_COMBINE, summarize=metrics_lib.summarize_eval,
+      progress=("loss", "recon", "kl", "qbar_perplexity"),
+      encoder_points=lambda z: interface.flat(z[..., :dim]),
+      set_codebook=lambda codebook, centers: centers, tokenize=tokenize,
+      detokenize=lambda codebook, indices: codebook.astype(jnp.float32)[indices[..., 0]])
+
+
+def global_kmeans(rng: Array, points: Array, *, num_clusters: int, num_iters: int,
+                  seeding: str, axis_name: Any = None) -> Array:
+  """k-means of the GLOBAL batch's points: the same centers on every device.
+
+  Args:
+    rng: a key identical on every device.
+    points: (N_local, L) this device's points.
+    axis_name: the named batch axis (None on one device); points are
+      all-gathered in global row order, so any split gives the same result.
+
+  Returns:
+    (num_clusters, L) float32 centers.
+  """
+  if axis_name is not None:
+    points = jax.lax.all_gather(points, axis_name, tiled=True)
+  return kmeans.kmeans(rng, jax.lax.stop_gradient(points), num_clusters=num_clusters,
+                       num_iters=num_iters, seeding=seeding)
+
+
+def remedies(q: Any, codebook: Array, state: Any, zh: Array, indices: Array, step: Array,
+             rng: Array, *, axis_name: Any = None) -> tuple[Array, Any, dict[str, Array]]:
+  """GM-VQ's dead-code remedies after the optimizer step of step `step` (0-based).
+
+  `q.kmeans_init_step` > 0 re-runs k-means on the global batch after that
+  step; `q.recenter_after` > 0 moves codes no vector has chosen for that many
+  steps onto encoder vectors of the global batch.
+
+  Args:
+    codebook: (C, L) after the optimizer update.
+    state: `vq.ReplaceState` when `recenter_after`, else None.
+    zh: (N, L) this device's proxy latents of the step.
+    indices: (N,) the sampled codes.
+    rng: a key identical on every device.
+
+  Returns:
+    `(codebook, state, metrics)`, identical on every device.
+  """
+  extra = {}
+  zh = jax.lax.stop_gradient(zh.astype(jnp.float32))
+  if q.get("kmeans_init_step", 0):
+    kmeans_rng, rng = jax.random.split(rng)
+    rerun = functools.partial(global_kmeans, kmeans_rng, zh, num_clusters=q.num_codes,
+                              num_iters=q.kmeans_iters, seeding=q.kmeans_seeding,
+                              axis_name=axis_name)
+    codebook = jax.lax.cond(step + 1 == q.kmeans_init_step, lambda c: rerun(), lambda c: c,
+                            codebook)
+  if q.get("recenter_after", 0):
+    codebook, state, moved = vq.replace_dead_codes(
+        codebook, state, zh, indices, rng, replace_after=q.recenter_after, axis_name=axis_name)
+    extra["codes_recentred"] = moved.astype(jnp.float32)
+  return codebook, state, extra

@@ -7,6 +7,8 @@ posterior-mean quantizer. No training-loop code lives here.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -14,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmvq_jax import metrics as metrics_lib
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -435,3 +439,145 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(size), int(size)
   first, second = size
   return int(first), int(second)
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """GQ's fields and defaults.
+
+  `sized`: c = m = 8 with K = 2^log2(num_codes): one token of log2 C bits
+  per latent position, the rate of a C-code VQ on the same grid.
+  """
+
+  log2_codebook_size: int
+  latent_channels: int = 8
+  group_size: int = 8
+  tolerance: float = 0.5
+  factor: float = 1.01
+  kl_weight: float = 0.1
+  codebook_seed: int = 0
+  codebook_sampler: str = "sobol"
+  beta: float = 1.0
+  ste: bool = False
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim
+    return cls(log2_codebook_size=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  need_int, need_number = interface.need_int, interface.need_number
+  problems = need_int(q, "latent_channels", 1)
+  group = need_int(q, "group_size", 1)
+  if not problems and not group and q.latent_channels % q.group_size:
+    group = [("quantizer.group_size", q.group_size,
+              f"must divide quantizer.latent_channels={q.latent_channels} (tokens are groups of"
+              " consecutive channels)")]
+  problems += group
+  problems += need_int(q, "log2_codebook_size", 1, " (K = 2^log2_codebook_size >= 2)")
+  problems += need_number(q, "tolerance", 0.0, strict=True)
+  # factor == 1 freezes the multipliers at 1: a plain Gaussian VAE whose KL
+  # weight is kl_weight (the GQ paper's baseline, experiments/tdc_spread.py).
+  problems += need_number(q, "factor", 1.0) + need_number(q, "kl_weight", 0.0)
+  problems += need_int(q, "codebook_seed", 0)
+  problems += interface.need_choice(q, "codebook_sampler", SAMPLERS)
+  return problems + need_number(q, "beta", 0.0) + interface.need_bool(q, "ste")
+
+
+def config_codebook(q: Any) -> np.ndarray:
+  """The codebook a GQ config names: (K, m) float32, regenerated from its seed."""
+  return sample_codebook(q.codebook_seed, 2**q.log2_codebook_size, q.group_size,
+                         q.codebook_sampler)
+
+
+def posterior(z: Array, latent_channels: int) -> tuple[Array, Array]:
+  """The encoder grid (..., 2c) -> (mu, logvar), each (..., c), logvar clipped to [-30, 20]."""
+  mu, logvar = z[..., :latent_channels], z[..., latent_channels:]
+  return mu, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+def eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array], mask: Array, *,
+               group_size: int, log2_codebook_size: int, tolerance: float) -> dict[str, Array]:
+  """Eval sums of the Gaussian model: squared error and the per-token KL bits' statistics."""
+  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
+  bits = kl_bits(aux["mu"], aux["logvar"], group_size)
+  token_mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (bits.ndim - 1)), bits.shape)
+  within = jnp.abs(bits - log2_codebook_size) <= tolerance
+  return dict(
+      squared_error=jnp.sum(squared * mask),
+      num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
+      kl_bits_sum=jnp.sum(bits * token_mask),
+      num_tokens=jnp.sum(token_mask),
+      within_tolerance=jnp.sum(within * token_mask),
+      kl_bits_min=jnp.min(jnp.where(token_mask > 0, bits, jnp.inf)),
+      kl_bits_max=jnp.max(jnp.where(token_mask > 0, bits, -jnp.inf)),
+  )
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """GQ's Gaussian posterior under TDC as a `Quantizer`: it samples z in training and
+  decodes the posterior mean at evaluation; `tokenize` is the offline conversion."""
+  del num_steps
+  channels, group = q.latent_channels, q.group_size
+  tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
+
+  def apply(params, state, z, rng, step, train):
+    del params, state, step
+    mu, logvar = posterior(z, channels)
+    z = mu
+    if train:
+      batch, height, width, _ = mu.shape
+      eps = common.draw(jax.random.normal, rng, (batch * height * width, channels))
+      eps = eps.reshape(mu.shape)
+      if q.ste:  # Sampled on the host while tracing: a constant of the compiled step.
+        z = quantize_ste(mu, logvar, eps, jnp.asarray(config_codebook(q)), group, beta=q.beta)
+      else:
+        z = mu + jnp.exp(0.5 * logvar) * eps
+    return z, dict(mu=mu, logvar=logvar)
+
+  def loss(params, state, images, reconstructions, z_q, aux):
+    bits = kl_bits(aux["mu"], aux["logvar"], group)  # (B, h, w, c/m)
+    # Both terms are per-image totals averaged over images (squared error
+    # summed over pixels, KL bits summed over tokens), so kl_weight weighs
+    # like against like whatever the image and latent sizes.
+    recon_loss = jnp.mean(jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3)))
+    kl_loss = tdc_loss(bits, state, **tdc)
+    value = recon_loss + q.kl_weight * kl_loss
+    terms = dict(loss=value, recon=metrics_lib.mse(images, reconstructions),
+                 recon_loss=recon_loss, kl_loss=kl_loss)
+    return value, terms, bits
+
+  def update(params, state, bits, step, rng):
+    # Multipliers move after every step from GLOBAL statistics of R.
+    metrics = tdc_metrics(bits, state, axis_name=axis_name, **tdc)
+    return params, tdc_update(state, bits, factor=q.factor, axis_name=axis_name, **tdc), metrics
+
+  def tokenize(params, z):
+    mu, logvar = posterior(z, channels)
+    tokens = mu.reshape(-1, group)
+    std = jnp.exp(0.5 * logvar).reshape(-1, group)
+    indices = quantize(tokens, std, jnp.asarray(config_codebook(q)), beta=q.beta)
+    return indices.reshape(mu.shape[:-1] + (channels // group,))
+
+  def detokenize(params, indices):
+    z = dequantize(indices, jnp.asarray(config_codebook(q)))
+    return z.reshape(indices.shape[:-1] + (channels,))
+
+  return interface.Quantizer(
+      encoder_width=2 * channels, codebook_size=2**q.log2_codebook_size,
+      tokens_per_position=channels // group, params_name="quantizer", init_params=None,
+      init_state=init_tdc_state, apply=apply, loss=loss, update=update,
+      eval_stats=functools.partial(eval_stats, group_size=group, **tdc),
+      combine={"kl_bits_min": "min", "kl_bits_max": "max"},
+      summarize=metrics_lib.summarize_gaussian_eval,
+      progress=("loss", "recon", "kl_bits_mean", "lam"), encoder_points=None, set_codebook=None,
+      tokenize=tokenize, detokenize=detokenize)

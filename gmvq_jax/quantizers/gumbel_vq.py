@@ -6,6 +6,7 @@ codebook`; the loss is the KL of q(c|x) to the uniform prior (paper 001, Sec. 5.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from gmvq_jax import metrics
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -87,3 +89,52 @@ def quantize(
       perplexity=metrics.perplexity(qbar),
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """Gumbel-VQVAE's fields and defaults (temperature annealed 2.0 -> 0.1)."""
+
+  num_codes: int
+  latent_dim: int
+  kl_weight: float = 5e-4
+  hard: bool = True
+  tau_0: float = 2.0
+  tau_min: float = 0.1
+  anneal_fraction: float = 0.8
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  return (interface.codebook_fields(q) + interface.need_number(q, "kl_weight", 0.0)
+          + interface.need_number(q, "tau_min", 0.0, strict=True)
+          + interface.need_number(q, "tau_0", 0.0, strict=True))
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """Gumbel-VQVAE as a `Quantizer`: the encoder emits logits over the C codes."""
+
+  def apply(params, z, *, rng, temperature, train):
+    return quantize(params["codebook"], z, rng=rng, temperature=temperature, hard=q.hard,
+                    kl_weight=q.kl_weight, axis_name=axis_name, train=train)
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.num_codes, codebook_size=q.num_codes,
+      init_params=lambda rng: dict(codebook=jax.random.normal(rng, (q.num_codes, q.latent_dim),
+                                                              jnp.float32)),
+      temperature=lambda step: gmvq.temperature_schedule(
+          step, total_steps=num_steps, tau_0=q.tau_0, tau_min=q.tau_min,
+          anneal_fraction=q.anneal_fraction),
+      detokenize_flat=lambda params, indices: params["codebook"].astype(jnp.float32)[indices],
+      axis_name=axis_name)

@@ -6,12 +6,15 @@ codebook is {-1, 1}^L (2^L codes). Entropy penalty over the global batch.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -97,7 +100,7 @@ def quantize(
     rng: Array | None = None,
     entropy_weight: float = 0.1,
     diversity_weight: float = 1.0,
-    commitment_weight: float = 0.25,
+    commitment: float = 0.25,
     inv_temperature: float = 100.0,
     axis_name: Any = None,
     train: bool = True,
@@ -108,7 +111,7 @@ def quantize(
   quantize identically; the loss terms are computed in both.
 
   loss = entropy_weight * (per_sample_entropy - diversity_weight * codebook_entropy)
-         + commitment_weight * mean((z - sg(z_q))^2)
+         + commitment * mean((z - sg(z_q))^2)
 
   The entropy penalty is MAGVIT-v2's (Sec. 3.1; weight 0.1 and the commitment
   weight 0.25 as in the open MAGVIT-v2 reimplementations); minimising it makes
@@ -122,7 +125,7 @@ def quantize(
     entropy_weight: weight of the entropy penalty; 0.0 skips it (and lifts
       the L <= MAX_ENTROPY_BITS limit).
     diversity_weight: gamma, the weight of the codebook (batch) entropy.
-    commitment_weight: weight of the commitment loss.
+    commitment: weight of the commitment loss.
     inv_temperature: of the soft assignment in `entropy_terms`.
     axis_name: the named batch axis for the global-batch entropy terms.
     train: unused (the same map in training and evaluation).
@@ -130,27 +133,84 @@ def quantize(
   Returns:
     `(z_q, aux)`: `z_q` (N, L) float32 in {-1, +1}; `aux` holds `indices`
     (N,) int32 in [0, 2^L), `per_sample_entropy`, `codebook_entropy`,
-    `entropy_loss`, `commitment`, `loss` (float32 scalars; the entropy terms
+    `entropy_loss`, `commitment_loss`, `loss` (float32 scalars; the entropy terms
     are 0.0 when entropy_weight == 0).
   """
   del params, rng, train
   z = z.astype(jnp.float32)
   hard = jnp.where(z > 0, 1.0, -1.0).astype(jnp.float32)
   z_q = z + jax.lax.stop_gradient(hard - z)
-  commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(hard)))
+  commitment_loss = jnp.mean(jnp.square(z - jax.lax.stop_gradient(hard)))
   if entropy_weight:
     per_sample, codebook_entropy, _ = entropy_terms(
         z, inv_temperature=inv_temperature, axis_name=axis_name)
   else:
     per_sample = codebook_entropy = jnp.zeros((), jnp.float32)
   entropy_loss = per_sample - diversity_weight * codebook_entropy
-  loss = entropy_weight * entropy_loss + commitment_weight * commitment
+  loss = entropy_weight * entropy_loss + commitment * commitment_loss
   aux = dict(
       indices=codes_to_indices(hard),
       per_sample_entropy=per_sample,
       codebook_entropy=codebook_entropy,
       entropy_loss=entropy_loss,
-      commitment=commitment,
+      commitment_loss=commitment_loss,
       loss=loss,
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """LFQ's fields and defaults; num_bits is the latent width."""
+
+  num_bits: int
+  entropy_weight: float = 0.1
+  diversity_weight: float = 1.0
+  commitment: float = 0.25
+  inv_temperature: float = 100.0
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    del latent_dim  # log2(num_codes) bits per position.
+    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check_bits(q: Any) -> list[interface.Problem]:
+  """Problems of the fields LFQ and BSQ share."""
+  return (interface.need_int(q, "num_bits", 1) + interface.need_number(q, "entropy_weight", 0.0)
+          + interface.need_number(q, "commitment", 0.0)
+          + interface.need_number(q, "inv_temperature", 0.0, strict=True))
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  problems = check_bits(q)
+  if q.get("entropy_weight") and isinstance(q.get("num_bits"), int) \
+      and q.num_bits > MAX_ENTROPY_BITS:
+    problems.append(("quantizer.num_bits", q.num_bits,
+                     f"must be <= {MAX_ENTROPY_BITS} with an entropy penalty (LFQ forms"
+                     " the full 2^L distribution); set entropy_weight=0 or use bsq"))
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """LFQ as a `Quantizer`: no parameters, no state."""
+  del num_steps
+
+  def apply(params, z, *, rng, temperature, train):
+    del rng, temperature
+    return quantize(None, z, entropy_weight=q.entropy_weight,
+                    diversity_weight=q.diversity_weight, commitment=q.commitment,
+                    inv_temperature=q.inv_temperature, axis_name=axis_name, train=train)
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      axis_name=axis_name)

@@ -6,6 +6,8 @@ scalar variance (the official code's `gaussian_1`). Pure functions on (N, L).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 from gmvq_jax import metrics
 from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -173,3 +176,63 @@ def quantize(
       perplexity=metrics.perplexity(qbar),
   )
   return z_q, aux
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """SQ-VAE's fields and defaults."""
+
+  num_codes: int
+  latent_dim: int
+  log_variance_init: float = LOG_VARIANCE_INIT
+  temperature_decay: float = 1e-5
+  kmeans_init: bool = False
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  return interface.codebook_fields(q) + interface.need_number(q, "temperature_decay", 0.0)
+
+
+def loss(images: Array, reconstructions: Array, aux: dict[str, Array]):
+  """SQ-VAE's Gaussian objective per pixel-channel, with the decoder variance at its optimum.
+
+  With the variance at its optimum, the MSE, the per-image negative
+  log-likelihood is (D/2) log MSE + const; the latent terms are summed over
+  the h*w positions; the whole is divided by D (pixel-channels per image) so
+  that its scale is comparable with the other methods' losses.
+  """
+  recon = metrics.mse(images, reconstructions)
+  values_per_image = math.prod(images.shape[1:])
+  positions = aux["indices"].shape[0] // images.shape[0]
+  value = 0.5 * jnp.log(recon) + positions * aux["loss"] / values_per_image
+  return value, dict(loss=value, recon=recon, quantizer_loss=aux["loss"])
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """Gaussian SQ-VAE as a `Quantizer`."""
+  del num_steps
+  return interface.code_quantizer(
+      quantize=functools.partial(quantize, axis_name=axis_name),
+      encoder_width=q.latent_dim, codebook_size=q.num_codes,
+      init_params=lambda rng: init_params(rng, q.num_codes, q.latent_dim,
+                                          log_variance_init=q.log_variance_init),
+      temperature=lambda step: temperature_schedule(step, decay=q.temperature_decay),
+      loss=loss, encoder_points=interface.flat,
+      set_codebook=lambda params, centers: dict(params, codebook=centers),
+      detokenize_flat=lambda params, indices: params["codebook"].astype(jnp.float32)[indices],
+      axis_name=axis_name)

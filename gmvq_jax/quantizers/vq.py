@@ -20,6 +20,7 @@ among the project's papers; the affine reparameterisation and the alternating
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 
 from gmvq_jax import metrics
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
@@ -283,3 +285,89 @@ def usage(indices: Array, num_codes: int, axis_name: Any = None) -> dict[str, Ar
       code_usage=metrics.code_usage(counts),
       code_counts=counts,
   )
+
+
+# ------------------------------------------------------------ the Quantizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(interface.ConfigFields):
+  """VQ-VAE's fields and defaults (the registry's variants override the flags)."""
+
+  num_codes: int
+  latent_dim: int
+  commitment: float = 0.25
+  l2: bool = False
+  affine: bool = False
+  opt: bool = False
+  replace: bool = False
+  replace_after: int = 100  # Steps of disuse before a code is re-initialised.
+  kmeans_init: bool = False
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+  def validate(self, num_steps: int) -> list[interface.Problem]:
+    return check(self, num_steps)
+
+
+def check(q: Any, num_steps: int) -> list[interface.Problem]:
+  """Problems of the config fields as (field, value, what is allowed)."""
+  del num_steps
+  problems = interface.codebook_fields(q)
+  problems += interface.need_number(q, "commitment", 0.0)
+  problems += interface.need_int(q, "replace_after", 1)
+  for flag in ("l2", "affine", "opt", "replace"):
+    problems += interface.need_bool(q, flag)
+  return problems
+
+
+def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantizer:
+  """VQ-VAE (+l2, +affine, +OPT, +replace, as `q` asks) as a `Quantizer`."""
+  del num_steps
+
+  def init_params(rng):
+    # uniform(-1/C, 1/C): the VQ-VAE codebook init of Sonnet and taming-transformers.
+    bound = 1.0 / q.num_codes
+    params = dict(codebook=jax.random.uniform(rng, (q.num_codes, q.latent_dim), jnp.float32,
+                                              -bound, bound))
+    if q.affine:
+      params["affine"] = init_affine(q.latent_dim)
+    return params
+
+  def apply(params, z, *, rng, temperature, train):
+    del rng, temperature
+    return quantize(params["codebook"], z, l2=q.l2, affine=params.get("affine"),
+                    commitment=q.commitment, train=train)
+
+  def after_step(params, state, z, indices, rng):
+    extra = {}
+    if not (q.opt or q.replace):
+      return params, state, extra
+    params = dict(params)
+    affine = params.get("affine")
+    if q.opt:
+      params["codebook"] = codebook_update(params["codebook"], z, indices, l2=q.l2,
+                                           affine=affine, axis_name=axis_name)
+    if q.replace:
+      params["codebook"], state, replaced = replace_dead_codes(
+          params["codebook"], state, z, indices, rng, replace_after=q.replace_after,
+          affine=affine, axis_name=axis_name)
+      extra["codes_replaced"] = replaced.astype(jnp.float32)
+    return params, state, extra
+
+  return interface.code_quantizer(
+      quantize=apply, encoder_width=q.latent_dim, codebook_size=q.num_codes,
+      init_params=init_params,
+      init_state=lambda: init_replace_state(q.num_codes) if q.replace else None,
+      after_step=after_step,
+      encoder_points=lambda z: l2_normalize(interface.flat(z)) if q.l2 else interface.flat(z),
+      set_codebook=lambda params, centers: dict(
+          params, codebook=_raw_from_effective(centers, params.get("affine"))),
+      detokenize_flat=lambda params, indices: effective_codebook(
+          params["codebook"], params.get("affine"))[indices],
+      axis_name=axis_name)

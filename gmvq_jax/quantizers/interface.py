@@ -1,0 +1,283 @@
+"""The record every quantizer module builds (`make`), and the pieces codebook quantizers share.
+
+A method plugs into the autoencoder and the train/eval steps through one
+`Quantizer`: small pure functions closed over its hyperparameters, in the
+spirit of optax's GradientTransformation. The steps never ask which method
+they run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmvq_jax import metrics as metrics_lib
+from gmvq_jax.quantizers import common
+
+Array = jax.Array
+Problem = tuple  # (field, value, what is allowed); `allowed` None: the field is missing.
+
+
+class Quantizer(NamedTuple):
+  """One method's quantizer, as the autoencoder and the train/eval steps see it.
+
+  Attributes:
+    encoder_width: channels the encoder emits per latent position.
+    codebook_size: distinct values one token can take.
+    tokens_per_position: tokens per latent position.
+    params_name: key of its parameters in the model's params.
+    init_params: `rng -> params`, or None for a quantizer without parameters.
+    init_state: `() -> state`: its non-gradient state (None if it has none).
+    apply: `(params, state, z, rng, step, train) -> (z_q, aux)`: z the
+      encoder's (B, h, w, encoder_width) float32 grid, z_q the decoder's
+      (B, h, w, c) input; rng (B h w,) keys when training, else None.
+    loss: `(params, state, images, reconstructions, z_q, aux) -> (loss,
+      terms, carry)`: the scalar to minimise, float32 scalar terms to log,
+      and what `update` needs of the step.
+    update: `(params, state, carry, step, rng) -> (params, state, metrics)`
+      after the optimizer step (TDC multipliers, +OPT, +replace, k-means
+      remedies); `rng` is the same on every device.
+    eval_stats: `(images, reconstructions, aux, mask) -> sums` of one padded
+      eval batch; sums over batches combine by addition unless `combine`
+      names 'min' or 'max'.
+    combine: {sum name: 'min' | 'max'}.
+    summarize: `totals -> figures` (Python floats) of a whole split.
+    progress: the train metrics of the console's progress line.
+    encoder_points: `z -> (N, L)` points of the encoder grid in the
+      codebook's space (for k-means), or None when there are none.
+    set_codebook: `(params, centers) -> params` with the codebook set to
+      (C, L) `centers`, or None.
+    tokenize: `(params, z) -> indices` (B, h, w, tokens) int32, noise-free.
+    detokenize: `(params, indices) -> z_q` (B, h, w, c).
+  """
+
+  encoder_width: int
+  codebook_size: int
+  tokens_per_position: int
+  params_name: str
+  init_params: Callable[[Array], Any] | None
+  init_state: Callable[[], Any]
+  apply: Callable[..., tuple[Array, dict[str, Array]]]
+  loss: Callable[..., tuple[Array, dict[str, Array], Any]]
+  update: Callable[..., tuple[Any, Any, dict[str, Array]]]
+  eval_stats: Callable[..., dict[str, Array]]
+  combine: Mapping[str, str]
+  summarize: Callable[[dict], dict[str, float]]
+  progress: tuple[str, ...]
+  encoder_points: Callable[[Array], Array] | None
+  set_codebook: Callable[[Any, Array], Any] | None
+  tokenize: Callable[[Any, Array], Array]
+  detokenize: Callable[[Any, Array], Array]
+
+
+CODE_PROGRESS = ("loss", "recon", "quantizer_loss", "batch_perplexity")
+CODE_COMBINE = {"code_max_prob_max": "max"}
+
+
+def no_state() -> None:
+  return None
+
+
+def no_update(params: Any, state: Any, carry: Any, step: Array, rng: Array):
+  return params, state, {}
+
+
+def flat(z: Array) -> Array:
+  """(B, h, w, c) -> (B h w, c)."""
+  return z.reshape(-1, z.shape[-1])
+
+
+def code_histogram(indices: Array, num_codes: int, weights: Array | None = None,
+                   axis_name: Any = None) -> Array:
+  """(C,) float32 counts of `indices` over the global batch, by scatter-add.
+
+  No (N, C) one-hot: FSQ/LFQ/BSQ codebooks can have 2^16 entries.
+  """
+  weights = jnp.ones(indices.shape, jnp.float32) if weights is None else weights
+  counts = jnp.zeros((num_codes,), jnp.float32).at[indices.reshape(-1)].add(weights.reshape(-1))
+  return common.psum(counts, axis_name)
+
+
+def code_metrics(code_counts: Array, temperature: Array) -> dict[str, Array]:
+  """Train metrics of a codebook quantizer from the global batch's (C,) code counts."""
+  return dict(temperature=temperature, batch_code_usage=metrics_lib.code_usage(code_counts),
+              batch_perplexity=metrics_lib.hard_perplexity(code_counts))
+
+
+def code_eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array], mask: Array,
+                    codebook_size: int) -> dict[str, Array]:
+  """Eval sums of a codebook quantizer: squared error, code histogram, the paper's perplexity.
+
+  Args:
+    images, reconstructions: (B, H, W, 3); rows with `mask == 0` are padding.
+    aux: `apply`'s, with `indices` (N,) and, for soft posteriors, `probs` (N, C).
+    mask: (B,) float32.
+
+  Returns:
+    squared_error, num_values, code_counts (C,), batch_perplexity_sum and
+    num_batches (the paper's perplexity `exp(H(qbar))` of this batch, and 1
+    unless it is all padding), and code_max_prob_max (C,) for soft posteriors.
+  """
+  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
+  vectors_per_example = aux["indices"].shape[0] // images.shape[0]
+  vector_mask = jnp.repeat(mask, vectors_per_example)
+  code_counts = code_histogram(aux["indices"], codebook_size, vector_mask)
+  extra_sums = {}
+  if "probs" in aux:  # The paper's perplexity: of the soft posterior's batch mean.
+    qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0)
+    extra_sums["code_max_prob_max"] = jnp.max(aux["probs"] * vector_mask[:, None], axis=0)
+  else:  # Deterministic quantizers: the posterior is the one-hot code.
+    qbar = code_counts
+  qbar = qbar / jnp.maximum(jnp.sum(vector_mask), 1.0)
+  has_data = (jnp.sum(mask) > 0).astype(jnp.float32)
+  return dict(
+      squared_error=jnp.sum(squared * mask),
+      num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
+      code_counts=code_counts,
+      batch_perplexity_sum=metrics_lib.perplexity(qbar) * has_data,
+      num_batches=has_data,
+      **extra_sums,
+  )
+
+
+# ------------------------------------------------------- checks of config fields
+
+
+def need_int(q: Any, field: str, minimum: int, why: str = "") -> list[Problem]:
+  if field not in q:
+    return [(f"quantizer.{field}", None, None)]
+  value = q[field]
+  if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+    return []
+  return [(f"quantizer.{field}", value, f"must be an integer >= {minimum}{why}")]
+
+
+def need_number(q: Any, field: str, minimum: float, strict: bool = False) -> list[Problem]:
+  if field not in q:
+    return [(f"quantizer.{field}", None, None)]
+  value = q[field]
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if ok and (value > minimum if strict else value >= minimum):
+    return []
+  return [(f"quantizer.{field}", value, f"must be a number {'>' if strict else '>='} {minimum}")]
+
+
+def need_choice(q: Any, field: str, choices: tuple[str, ...]) -> list[Problem]:
+  if field not in q:
+    return [(f"quantizer.{field}", None, None)]
+  if q[field] in choices:
+    return []
+  return [(f"quantizer.{field}", q[field], f"allowed values are {choices}")]
+
+
+def need_bool(q: Any, field: str) -> list[Problem]:
+  if isinstance(q.get(field), bool):
+    return []
+  return [(f"quantizer.{field}", q.get(field), "must be True or False")]
+
+
+# ------------------------------------------- quantizers of one code per vector
+
+
+def code_loss(images: Array, reconstructions: Array, aux: dict[str, Array]):
+  """recon (MSE) + the quantizer's own weighted loss `aux['loss']`; terms to log."""
+  recon = metrics_lib.mse(images, reconstructions)
+  loss = recon + aux["loss"]
+  return loss, dict(loss=loss, recon=recon, quantizer_loss=aux["loss"])
+
+
+def code_quantizer(
+    *,
+    quantize: Callable[..., tuple[Array, dict[str, Array]]],
+    encoder_width: int,
+    codebook_size: int,
+    detokenize_flat: Callable[[Any, Array], Array],
+    init_params: Callable[[Array], Any] | None = None,
+    init_state: Callable[[], Any] = no_state,
+    temperature: Callable[[Array], Array] | None = None,
+    loss: Callable[..., tuple[Array, dict[str, Array]]] = code_loss,
+    after_step: Callable[..., tuple[Any, Any, dict[str, Array]]] | None = None,
+    encoder_points: Callable[[Array], Array] | None = None,
+    set_codebook: Callable[[Any, Array], Any] | None = None,
+    axis_name: Any = None,
+) -> Quantizer:
+  """A `Quantizer` that maps each encoder vector to one code of `codebook_size`.
+
+  Args:
+    quantize: `(params, z, *, rng, temperature, train) -> (z_q, aux)` on
+      (N, encoder_width) vectors; aux holds `indices` (N,) int32 and the
+      weighted quantizer `loss`.
+    detokenize_flat: `(params, indices (N,)) -> (N, c)` latents.
+    temperature: `step -> tau` while training; None: always 1.
+    loss: `(images, reconstructions, aux) -> (loss, terms)`.
+    after_step: `(params, state, z, indices, rng) -> (params, state, metrics)`,
+      z (N, encoder_width) this device's encoder vectors.
+    Others: as the `Quantizer` fields.
+  """
+  schedule = temperature or (lambda step: jnp.float32(1.0))
+
+  def apply(params, state, z, rng, step, train):
+    del state
+    batch, height, width, dim = z.shape
+    z = z.reshape(-1, dim)
+    tau = schedule(step) if train else 1.0
+    z_q, aux = quantize(params, z, rng=rng, temperature=tau, train=train)
+    return z_q.reshape(batch, height, width, -1), dict(aux, z=z)
+
+  def loss_fn(params, state, images, reconstructions, z_q, aux):
+    value, terms = loss(images, reconstructions, aux)
+    return value, terms, (aux["z"], aux["indices"])
+
+  def update(params, state, carry, step, rng):
+    z, indices = carry
+    counts = code_histogram(indices, codebook_size, axis_name=axis_name)
+    metrics = code_metrics(counts, schedule(step))
+    if after_step is not None:
+      params, state, extra = after_step(params, state, z, indices, rng)
+      metrics.update(extra)
+    return params, state, metrics
+
+  def eval_stats(images, reconstructions, aux, mask):
+    return code_eval_stats(images, reconstructions, aux, mask, codebook_size)
+
+  def tokenize(params, z):
+    _, aux = apply(params, None, z, None, 0, False)
+    return aux["indices"].reshape(z.shape[:-1] + (1,))
+
+  def detokenize(params, indices):
+    return detokenize_flat(params, indices.reshape(-1)).reshape(indices.shape[:-1] + (-1,))
+
+  return Quantizer(
+      encoder_width=encoder_width, codebook_size=codebook_size, tokens_per_position=1,
+      params_name="quantizer", init_params=init_params, init_state=init_state, apply=apply,
+      loss=loss_fn, update=update, eval_stats=eval_stats, combine=CODE_COMBINE,
+      summarize=metrics_lib.summarize_eval, progress=CODE_PROGRESS,
+      encoder_points=encoder_points, set_codebook=set_codebook, tokenize=tokenize,
+      detokenize=detokenize)
+
+
+def codebook_fields(q: Any) -> list[Problem]:
+  """Problems of the num_codes and latent_dim fields of a codebook quantizer."""
+  return (need_int(q, "num_codes", 2, " (a codebook needs at least two codes)")
+          + need_int(q, "latent_dim", 1))
+
+
+class ConfigFields:
+  """Base of the quantizers' frozen config dataclasses: read by field name like a ConfigDict.
+
+  A module's `Config` holds every field and default (`Config.sized(num_codes,
+  latent_dim)` the defaults of one size); `check` and `make` accept it or the
+  run's `config.quantizer` alike.
+  """
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.__dataclass_fields__  # pytype: disable=attribute-error
+
+  def __getitem__(self, name: str) -> Any:
+    return getattr(self, name)
+
+  def get(self, name: str, default: Any = None) -> Any:
+    return getattr(self, name) if name in self else default
