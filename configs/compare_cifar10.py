@@ -1,9 +1,10 @@
-"""The comparison on CIFAR10 with paper 001's setup (Table 1), for GPU/TPU.
+"""The comparison on CIFAR10 with the GM-VQ paper's setup (its Table 1), for GPU/TPU.
 
 Every method of `gmvq_jax.methods` with the GM-VQ CIFAR10 network and
 schedule (configs/gmvq_cifar10.py: batch 256, 100 epochs, AdamW peak lr
-1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with gamma = 0.048 (the
-paper tunes gamma; set --config.quantizers.gmvq.gamma to its best).
+1e-2), C = 1024, L = 64. GM-VQ uses beta = 1 with the registry's gamma,
+tuned on the demo data; the paper tunes gamma on its own data
+(experiments/gamma_sweep.py; set --config.quantizers.gmvq.gamma to its best).
 Needs TFDS cifar10 prepared as ArrayRecord under train.data_dir.
 Protocol fields as in configs/compare_demo.py: seeds (0, 1, 2), lr_grid
 (0.5, 1.0, 2.0) x peak lr 1e-2, method_steps empty; a method costs

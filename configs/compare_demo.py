@@ -69,10 +69,6 @@ def get_config(variant: str | None = None):
   train.log_every_steps = 25
   config = compare_config(train)
   config.method_steps = ml_collections.ConfigDict({name: 2 * STEPS for name in HEADLINE})
-  # GM-VQ's demo weights (configs/gmvq_demo.py): gamma = 0.48 for both rows,
-  # beta = 1 for GM-VQ and beta = 10 for GM-VQ + Entropy (the registry's).
-  config.quantizers.gmvq.gamma = 0.48
-  config.quantizers.gmvq_entropy.gamma = 0.48
   # GQ's TDC multiplier starts at 1 and moves 1% a step; with kl_weight 0.1 it
   # needs ~1000 steps to fall to where lam * kl_weight balances the
   # per-image reconstruction sum (~2.5e-6 in the GQ demo), twice this budget.

@@ -1,7 +1,7 @@
 """The effect of the entropy weight beta on MSE and perplexity (GM-VQ paper, Fig. 4).
 
 GM-VQ on the embedded photographs (configs/gmvq_demo.py: C = 1024 codes of
-dimension 64 on an 8x8 grid of 32x32 crops, gamma = 0.48), one short run per
+dimension 64 on an 8x8 grid of 32x32 crops, the registry's gamma), one short run per
 (beta, seed) on the same budget, scored on the held-out test crops: MSE, the
 paper's perplexity exp(H(qbar)) per evaluation batch, the hard-code
 perplexity over the whole test set, the fraction of codes in use, and the

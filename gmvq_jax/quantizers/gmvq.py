@@ -300,7 +300,9 @@ class Config(interface.ConfigFields):
   num_codes: int
   latent_dim: int
   beta: float = 1.0
-  gamma: float = 0.048
+  # Chosen on validation data with beta = 1, as the GM-VQ paper tunes it:
+  # lowest mean validation MSE of 7 values x 3 seeds (experiments/gamma_sweep.py).
+  gamma: float = 0.001
   sigma_z2: float = 0.5  # beta = 2 sigma_z^2 in the paper's derivation (App. A.3).
   objective: str = "albo"
   latent_reg: str = "sampled"
