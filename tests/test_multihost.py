@@ -47,8 +47,11 @@ class TwoProcessTest(absltest.TestCase):
   def test_two_processes_match_one_process_with_the_same_global_batch(self):
     root = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    # A large Adam eps keeps the comparison about the gradients: with a small
+    # one, float32 summation-order noise in ~0 gradients becomes lr-sized
+    # steps (GM-VQ's per-image loss has gradients ~D = 768 times the mean's).
     flags = [*launch_utils.TINY_FLAGS, "--config.num_steps=3", "--config.checkpoint_every_steps=3",
-             "--config.parallelism=shard_map", "--config.optimizer.eps=1e-3"]
+             "--config.parallelism=shard_map", "--config.optimizer.eps=0.5"]
     multi, single = os.path.join(root, "multi"), os.path.join(root, "single")
     address = f"127.0.0.1:{_free_port()}"
     logs = [open(os.path.join(root, f"process{i}.log"), "w+") for i in range(2)]
@@ -81,7 +84,9 @@ class TwoProcessTest(absltest.TestCase):
     self.assertEqual(int(state_multi.step), 3)
     # Same global batch and keys; only the all-reduce's summation order differs.
     chex.assert_trees_all_close(state_multi.params, state_single.params, atol=1e-5, rtol=1e-4)
-    chex.assert_trees_all_close(state_multi.opt_state, state_single.opt_state, atol=1e-5,
+    # Adam's moments hold the gradients themselves (up to ~30 here, per-image
+    # loss sums), so their summation-order noise is larger in absolute terms.
+    chex.assert_trees_all_close(state_multi.opt_state, state_single.opt_state, atol=1e-4,
                                 rtol=1e-4)
     chex.assert_trees_all_close(state_multi.batch_stats, state_single.batch_stats, atol=1e-5,
                                 rtol=1e-4)

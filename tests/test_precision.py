@@ -68,20 +68,29 @@ class PrecisionTest(parameterized.TestCase):
     self.assertLess(difference.mean(), 0.02)
 
   @parameterized.parameters("gmvq", "gq")
-  def test_bf16_smoke_run_trains(self, method):
-    config = _config(method, "bfloat16")
-    config.num_steps = 8
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 8
-    config.optimizer.warmup_steps = 1
-    workdir = tempfile.mkdtemp()
-    self.addCleanup(shutil.rmtree, workdir)
-    figures = train_lib.train_and_evaluate(config, workdir)
-    chex.assert_tree_all_finite(figures)
-    losses = [r["loss"] for r in metric_writers.read_metrics(workdir) if r["split"] == "train"]
-    self.assertLen(losses, 8)
-    self.assertTrue(np.all(np.isfinite(losses)))
-    self.assertLess(np.mean(losses[-3:]), np.mean(losses[:3]))
+  def test_bf16_smoke_run_trains_like_float32(self, method):
+    """8 steps in bf16 and in float32 from the same start: the same loss curve, to rounding.
+
+    (Each step sees new crops, whose difficulty moves the loss more than 8
+    steps of training do, so the float32 run is the reference, not a trend.)
+    """
+    losses = {}
+    for dtype in ("bfloat16", "float32"):
+      config = _config(method, dtype)
+      config.num_steps = 8
+      config.log_every_steps = 1
+      config.checkpoint_every_steps = 8
+      config.optimizer.warmup_steps = 1
+      workdir = tempfile.mkdtemp()
+      self.addCleanup(shutil.rmtree, workdir)
+      figures = train_lib.train_and_evaluate(config, workdir)
+      chex.assert_tree_all_finite(figures)
+      losses[dtype] = np.array(
+          [r["loss"] for r in metric_writers.read_metrics(workdir) if r["split"] == "train"])
+    self.assertLen(losses["bfloat16"], 8)
+    self.assertTrue(np.all(np.isfinite(losses["bfloat16"])))
+    self.assertGreater(np.ptp(losses["bfloat16"]), 0.0)
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
 
   def test_dtype_is_validated(self):
     config = _config("gmvq", "float16")
