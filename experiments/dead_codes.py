@@ -68,6 +68,7 @@ def run_config(fields: dict, seed: int, *, gamma: float, beta: float, num_steps:
                                 smoke=smoke)
   config.quantizer.gamma = gamma
   config.quantizer.beta = beta
+  config.quantizer.recenter_after = 0  # Every remedy off unless the variant sets it.
   config.quantizer.update(fields)
   config.seed = seed
   return config

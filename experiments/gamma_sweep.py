@@ -57,6 +57,7 @@ def run_config(gamma: float, beta: float, seed: int, *, num_steps: int, batch_si
                                 smoke=smoke)
   config.quantizer.gamma = gamma
   config.quantizer.beta = beta
+  config.quantizer.recenter_after = 0  # The paper's method: k-means at init, no remedy.
   config.seed = seed
   return config
 

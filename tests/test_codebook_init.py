@@ -93,7 +93,8 @@ class RemediesTest(parameterized.TestCase):
     return codebook, zh, indices
 
   def test_kmeans_init_step_reclusters_at_that_step_only(self):
-    config = tiny_configs.tiny_config(**{"quantizer.num_codes": 8, "quantizer.kmeans_init_step": 3})
+    config = tiny_configs.tiny_config(**{"quantizer.num_codes": 8, "quantizer.kmeans_init_step": 3,
+                                         "quantizer.recenter_after": 0})
     codebook, zh, indices = self._inputs()
     rng = jax.random.key(0)
     step_fn = jax.jit(functools.partial(gmvq.remedies, config.quantizer))

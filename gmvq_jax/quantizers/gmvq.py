@@ -314,7 +314,9 @@ class Config(interface.ConfigFields):
   kmeans_iters: int = 20
   kmeans_batches: int = 1
   kmeans_init_step: int = 0  # > 0: k-means again on the global batch of that step.
-  recenter_after: int = 0  # > 0: codes unchosen this many steps move onto the data.
+  # > 0: codes unchosen this many steps move onto the data. 20 won the
+  # stranded-code ablation on validation data (experiments/dead_codes.py).
+  recenter_after: int = 20
 
   @classmethod
   def sized(cls, num_codes: int, latent_dim: int) -> "Config":
