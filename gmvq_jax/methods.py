@@ -44,16 +44,16 @@ class Method:
     return importlib.import_module(f"gmvq_jax.quantizers.{self.module}")
 
 
-_HUH = "Huh et al. 2023, 'Straightening Out the Straight-Through Estimator' (paper 001, Table 1)"
+_HUH = "Huh et al. 2023, 'Straightening Out the Straight-Through Estimator' (GM-VQ paper (arXiv 2410.10180), Table 1)"
 _METHODS = (
     Method("vqvae", "vq", "VQ-VAE: nearest codeword, straight-through, commitment 0.25",
-           "van den Oord et al. 2017; ALGORITHMS.md §3"),
+           "van den Oord et al. 2017; docs/algorithms.md"),
     Method("vqvae_l2", "vq", "VQ-VAE with l2-normalised encoder vectors and codewords",
-           "Yu et al. 2022 (ViT-VQGAN, Sec. 3.2); paper 001, Table 1", (("l2", True),)),
+           "Yu et al. 2022 (ViT-VQGAN, Sec. 3.2); GM-VQ paper (arXiv 2410.10180), Table 1", (("l2", True),)),
     Method("vqvae_replace", "vq", "VQ-VAE re-initialising codes unused for replace_after steps",
-           "Dhariwal et al. 2020 (Jukebox, Sec. 3); paper 001, Table 1", (("replace", True),)),
+           "Dhariwal et al. 2020 (Jukebox, Sec. 3); GM-VQ paper (arXiv 2410.10180), Table 1", (("replace", True),)),
     Method("vqvae_l2_replace", "vq", "VQ-VAE with l2 normalisation and dead-code replacement",
-           "paper 001, Table 1", (("l2", True), ("replace", True))),
+           "GM-VQ paper (arXiv 2410.10180), Table 1", (("l2", True), ("replace", True))),
     Method("vqvae_affine", "vq", "VQ-VAE with a shared affine reparameterisation of the codebook",
            _HUH, (("affine", True),)),
     Method("vqvae_opt", "vq", "VQ-VAE with the alternating (cluster-mean) codebook update",
@@ -64,14 +64,14 @@ _METHODS = (
            "Takida et al. 2022 (Sec. 3, official code's gaussian_1 defaults)"),
     Method("gumbel_vqvae", "gumbel_vq",
            "Encoder logits over C codes, Gumbel-softmax, KL to uniform",
-           "Jang et al. 2017; paper 001 Sec. 5.1 (annealing 2.0 -> 0.1); KL weight of DALL-E/taming"),
+           "Jang et al. 2017; GM-VQ paper (arXiv 2410.10180) Sec. 5.1 (annealing 2.0 -> 0.1); KL weight of DALL-E/taming"),
     Method("gmvq", "gmvq", "GM-VQ with the ALBO objective, beta = 1",
-           "paper 001, Sec. 3.3 and 5.1; ALGORITHMS.md §1"),
+           "GM-VQ paper (arXiv 2410.10180), Sec. 3.3 and 5.1; docs/algorithms.md"),
     Method("gmvq_entropy", "gmvq", "GM-VQ + Entropy: the same model with beta = 10",
-           "paper 001, Sec. 5.1 (beta > 1); beta = 10 measured on the demo (README)",
+           "GM-VQ paper (arXiv 2410.10180), Sec. 5.1 (beta > 1); beta = 10 measured on the demo (README)",
            (("beta", 10.0),)),
     Method("gq", "gq", "Gaussian VAE under TDC, converted offline to a VQ-VAE",
-           "paper 003; ALGORITHMS.md §2"),
+           "GQ paper (arXiv 2512.06609); docs/algorithms.md"),
     Method("fsq", "fsq", "Finite scalar quantization, levels (8, 5, 5, 5): 1000 codes",
            "Mentzer et al. 2023 (Sec. 4.1, the ~2^10 level set)"),
     Method("lfq", "lfq", "Lookup-free quantization: sign bits, entropy penalty",
