@@ -5,14 +5,16 @@
 """
 
 from configs import base
+from gmvq_jax import methods
 
 
 def get_config(variant: str | None = None):
   config = base.get_config()
   base.cpu_demo(config)
-  # "GM-VQ + Entropy" (a larger KL weight beta, Yan et al. 2024, Sec. 5.1)
-  # with the registry's gamma (tuned with beta = 1 on validation data).
-  config.quantizer.beta = 10.0
+  # "GM-VQ + Entropy" (a larger KL weight beta, GM-VQ paper Sec. 5.1) with the
+  # registry's gamma and the registry's gmvq_entropy beta, both chosen on
+  # validation data by experiments/gamma_sweep.py.
+  config.quantizer.beta = dict(methods.get("gmvq_entropy").overrides)["beta"]
   if variant == "smoke":
     base.shrink_for_smoke(config)
   elif variant:
