@@ -173,7 +173,7 @@ def open_source(name: str, num_images: int, workdir: str) -> Iterator[tuple[str,
 
 def time_pipeline(dataset, batch_size: int, device: jax.Device, *, num_workers: int, warmup: int,
                   steps: int) -> float:
-  """Seconds per batch the TrainIterator delivers, placed on `device`, to a consumer that waits for nothing else."""
+  """Seconds per batch the TrainIterator delivers on `device` to a consumer that only waits for it."""
   put = lambda batch: jax.device_put(batch, device)
   batches = pipeline.TrainIterator(dataset, batch_size, start_step=0, end_step=warmup + steps,
                                    put=put, num_workers=num_workers)
@@ -238,7 +238,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   batch_size = flag_value(_BATCH_SIZE, "batch_size")
   steps, warmup = flag_value(_STEPS, "steps"), flag_value(_WARMUP, "warmup")
-  step_repeats, fed_steps = flag_value(_STEP_REPEATS, "step_repeats"), flag_value(_FED_STEPS, "fed_steps")
+  step_repeats = flag_value(_STEP_REPEATS, "step_repeats")
+  fed_steps = flag_value(_FED_STEPS, "fed_steps")
   num_images = flag_value(_NUM_IMAGES, "num_images")
   worker_counts = [int(w) for w in _NUM_WORKERS.value]
   device = pick_device(_DEVICE.value)
@@ -280,7 +281,8 @@ def main(argv):
           index += 1
   step_ms = 1e3 * statistics.median(step_s)
   gpu_rate = _GPU_STEP_BATCH.value / (_GPU_STEP_MS.value / 1e3)
-  gpu_step = f"a {_GPU_STEP_MS.value:g} ms step of batch {_GPU_STEP_BATCH.value} ({gpu_rate:.0f} images/s)"
+  gpu_step = (f"a {_GPU_STEP_MS.value:g} ms step of batch {_GPU_STEP_BATCH.value} "
+              f"({gpu_rate:.0f} images/s)")
 
   print()
   print(f"Input pipeline (TrainIterator, prefetch {pipeline.DEFAULT_PREFETCH}, batches placed on "
