@@ -1,11 +1,14 @@
 """The training input pipeline: TrainIterator order, sharding, placement, errors, positions."""
 
+import os
+import tempfile
 import threading
 import time
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
+from PIL import Image
 
 from gmvq_jax import data
 from gmvq_jax.data import pipeline
@@ -31,6 +34,24 @@ class _Jittery(tiny_configs.RandomImages):
     self.threads.add(threading.current_thread().name)
     time.sleep(0.02 * (3 - step % 4))
     return super().train_batch(step, batch_size, **shards)
+
+
+def _dataset(source, directory):
+  """A small dataset of `source`; npz and folder train on 30 images, so batches span epochs."""
+  if source == "embedded":
+    return data.make_dataset("embedded", image_size=16, seed=7, num_eval_examples=8)
+  images = np.random.default_rng(0).integers(0, 256, (34, 16, 16, 3), dtype=np.uint8)
+  train, test = images[:30], images[30:]
+  if source == "npz":
+    path = os.path.join(directory, "images.npz")
+    np.savez(path, train=train, val=test, test=test)
+  else:
+    path = directory
+    for split, split_images in (("train", train), ("test", test), ("val", test)):
+      os.makedirs(os.path.join(path, split))
+      for i, image in enumerate(split_images):
+        Image.fromarray(image).save(os.path.join(path, split, f"{i:03d}.png"))
+  return data.make_dataset(source, data_dir=path, image_size=16, seed=7)
 
 
 class TrainIteratorTest(parameterized.TestCase):
@@ -72,9 +93,11 @@ class TrainIteratorTest(parameterized.TestCase):
     batches.close()  # Returns: the thread sees the stop event while waiting.
     self.assertFalse(batches._thread.is_alive())
 
-  @parameterized.parameters(2, 4)
-  def test_workers_give_the_same_batches_in_the_same_order_as_one_reader(self, num_workers):
-    dataset = data.make_dataset("embedded", image_size=16, seed=7, num_eval_examples=8)
+  @parameterized.product(source=("embedded", "npz", "folder"), num_workers=(2, 4))
+  def test_workers_give_the_same_batches_in_the_same_order_as_one_reader(self, source, num_workers):
+    directory = tempfile.TemporaryDirectory()
+    self.addCleanup(directory.cleanup)
+    dataset = _dataset(source, directory.name)
     one = list(pipeline.TrainIterator(dataset, 8, start_step=3, end_step=13))
     many = pipeline.TrainIterator(dataset, 8, start_step=3, end_step=13, num_workers=num_workers)
     got = list(many)
@@ -89,8 +112,8 @@ class TrainIteratorTest(parameterized.TestCase):
     batches = pipeline.TrainIterator(dataset, 8, start_step=0, end_step=9, num_workers=4,
                                      shard=1, num_shards=2)
     for step in range(9):
-      np.testing.assert_array_equal(next(batches), dataset.train_batch(step, 8, shard=1,
-                                                                       num_shards=2))
+      want = dataset.train_batch(step, 8, shard=1, num_shards=2)
+      np.testing.assert_array_equal(next(batches), want)
     batches.close()
     self.assertGreater(len({n for n in dataset.threads if "worker" in n}), 1)
 
