@@ -242,6 +242,10 @@ def main(argv):
   fed_steps = flag_value(_FED_STEPS, "fed_steps")
   num_images = flag_value(_NUM_IMAGES, "num_images")
   worker_counts = [int(w) for w in _NUM_WORKERS.value]
+  unknown = [s for s in _SOURCES.value if s not in SOURCES]
+  if unknown or min(worker_counts, default=0) < 1:
+    raise app.UsageError(f"Unknown source {unknown[0]!r}; known: {', '.join(SOURCES)}." if unknown
+                         else f"--num_workers must be integers >= 1, got {_NUM_WORKERS.value}.")
   device = pick_device(_DEVICE.value)
   steps_per_repeat = _STEPS_PER_REPEAT.value or (1 if device.platform == "cpu" else 20)
   print("\n".join(host_lines(device)), flush=True)

@@ -67,7 +67,7 @@ class InputPipelineBenchmarkTest(absltest.TestCase):
 
   def test_an_unknown_source_is_refused(self):
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.input_pipeline", "--sources=parquet", "--fed_steps=0"],
+        [sys.executable, "-m", "benchmarks.input_pipeline", "--sources=embedded,parquet"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("Unknown source 'parquet'", result.stderr)
