@@ -68,7 +68,7 @@ install() {
     # JAX is kept (pip fails rather than replace it with a CPU jaxlib).
     local constraints="$RESULTS/jax-constraints.txt"
     "$PYTHON" -m pip list --format=freeze 2> /dev/null \
-      | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-plugin|jax-cuda[0-9]+-pjrt)==' > "$constraints" || true
+      | grep -iE '^(jax|jaxlib|jax[-_]cuda[0-9]+[-_](plugin|pjrt))==' > "$constraints" || true
     log "installing the repository's [bench] extra (keeping: $(tr '\n' ' ' < "$constraints"))"
     timeout "$INSTALL_LIMIT" "$PYTHON" -m pip install "${pip_args[@]}" -c "$constraints" -e '.[bench]' \
       || log "WARNING: pip install -e '.[bench]' failed; continuing with what is installed"
