@@ -293,8 +293,9 @@ def main(argv):
         f"{device.platform}) against the GM-VQ CIFAR10 train step, batch {batch_size}, "
         f"{IMAGE_SIZE}x{IMAGE_SIZE}x3 images.\nPipeline: {steps} batches after {warmup} warm-up; step: "
         f"median of {len(step_s)} repeats x {steps_per_repeat} step(s). keeps up: ms/batch <= the "
-        f"step's; GPU-sized: images/s >= {gpu_step}. fed ms/step: the step fed "
-        f"by the pipeline ({fed_steps} steps; about the step's ms when the pipeline keeps up).")
+        f"step's; GPU-sized: images/s >= {gpu_step}."
+        + (f" fed ms/step: the step fed by the pipeline ({fed_steps} steps; about the step's ms "
+           "when the pipeline keeps up)." if fed_steps else ""))
   print("\n".join(format_table(rows, step_ms, gpu_rate, batch_size)))
   print("\n".join(verdicts(rows, gpu_rate, gpu_step)))
   if any(row.source == "tfds (mock)" for row in rows):
