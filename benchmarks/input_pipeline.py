@@ -216,8 +216,8 @@ def format_table(rows: list[PipelineTiming], step_ms: float, gpu_rate: float,
   for row in rows:
     fed = "" if row.fed_step_ms is None else f"{row.fed_step_ms:.1f}"
     lines.append(
-        f"{row.source:<14}{row.num_workers:>8}{row.images_per_s:>11.0f}{row.ms_per_batch:>10.1f}"
-        f"{step_ms:>9.1f}{step_images:>11.0f}{'yes' if row.ms_per_batch <= step_ms else 'NO':>10}"
+        f"{row.source:<14}{row.num_workers:>8}{row.images_per_s:>11.0f}{row.ms_per_batch:>10.2f}"
+        f"{step_ms:>9.2f}{step_images:>11.0f}{'yes' if row.ms_per_batch <= step_ms else 'NO':>10}"
         f"{'yes' if row.images_per_s >= gpu_rate else 'NO':>11}{fed:>13}")
   return lines
 

@@ -37,8 +37,8 @@ def table_rows(stdout):
 
 
 def rate_matches(images_per_s, ms, batch_size):
-  """images/s == batch_size / ms, up to the printed rounding (whole images/s, 0.1 ms)."""
-  low, high = batch_size / ((ms + 0.05) / 1e3), batch_size / (max(ms - 0.05, 1e-9) / 1e3)
+  """images/s == batch_size / ms, up to the printed rounding (whole images/s, 0.01 ms)."""
+  low, high = batch_size / ((ms + 0.005) / 1e3), batch_size / (max(ms - 0.005, 1e-9) / 1e3)
   return low - 0.5 <= images_per_s <= high + 0.5
 
 
@@ -56,7 +56,7 @@ class InputPipelineBenchmarkTest(absltest.TestCase):
     gpu_rate = 256 / 0.020
     for source, _, images_per_s, ms_per_batch, step, step_images, keeps_up, gpu, fed in rows:
       images_per_s, ms_per_batch, step = float(images_per_s), float(ms_per_batch), float(step)
-      self.assertGreater(ms_per_batch, 0, source)
+      self.assertGreaterEqual(ms_per_batch, 0, source)  # A fast source rounds to 0.00 ms.
       self.assertTrue(rate_matches(images_per_s, ms_per_batch, 8), (source, images_per_s, ms_per_batch))
       self.assertTrue(rate_matches(float(step_images), step, 8), (step_images, step))
       self.assertEqual(keeps_up, "yes" if ms_per_batch <= step else "NO", source)
