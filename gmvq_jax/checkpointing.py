@@ -10,7 +10,9 @@ middle of a save leaves the previous steps restorable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from typing import Any, Iterator
 
 import jax
@@ -31,6 +33,10 @@ RUN_CONTROL_FIELDS = frozenset({
 
 class CheckpointError(errors.UserError, ValueError):
   """A checkpoint cannot be used: unreadable, or saved by an incompatible config."""
+
+
+class CheckpointSaveError(errors.UserError, OSError):
+  """A save failed for lack of disk space; the previous checkpoint is intact."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -68,10 +74,49 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_position is not None:
     items["data"] = ocp.args.JsonSave(data_position)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
-  # Saves are asynchronous; a run that ends (or is killed) right after must
-  # not leave a half-written step behind.
-  manager.wait_until_finished()
+  previous = manager.latest_step()
+  try:
+    with errors.activity(f"saving checkpoint step {step} in {manager.directory}"):
+      manager.save(step, args=ocp.args.Composite(**items), force=True)
+      # Saves are asynchronous; a run that ends (or is killed) right after must
+      # not leave a half-written step behind.
+      manager.wait_until_finished()
+  except Exception as error:
+    for name in os.listdir(str(manager.directory)):  # The failed save's temporary folder.
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(str(manager.directory), name), ignore_errors=True)
+    if not _is_out_of_space(error):
+      raise
+    kept = ("no earlier checkpoint exists" if previous is None
+            else f"the checkpoint of step {previous} is intact")
+    raise CheckpointSaveError(
+        f"No space left on the device of {manager.directory} while saving step {step}: a"
+        f" checkpoint needs about {_megabytes(state)} MB. Nothing of step {step} was kept and"
+        f" {kept}; free space (or move the workdir to a larger disk), then rerun the same"
+        " command to resume.") from error
+
+
+def remove_if_empty(workdir: str) -> None:
+  """Removes WORKDIR/checkpoints if it holds nothing (e.g. a run stopped before saving)."""
+  with contextlib.suppress(OSError):
+    os.rmdir(checkpoint_dir(workdir))
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "ENOSPC" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _megabytes(state: Any) -> str:
+  size = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+  return f"{size / 2**20:.1f}"
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:

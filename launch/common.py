@@ -1,15 +1,35 @@
-"""Shared launcher set-up: quiet dependency logs, multi-process flags, one-line user errors."""
+"""Shared launcher set-up: quiet dependency logs, multi-process flags, one-line errors.
+
+Every launcher ends in one `error: ...` line and a non-zero status when it
+fails: status 1 for an input or environment fault (no traceback), 130 for
+Ctrl-C, and 1 after the traceback of a failure that is not the user's.
+"""
 
 import contextlib
+import errno
 import logging as std_logging
 import sys
+import traceback
+from typing import Callable, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
 from gmvq_jax import distributed
 from gmvq_jax import errors
 from gmvq_jax import train_lib
+from launch import config_flag_checks
+
+# What to do about an OSError of the environment, by errno.
+_ENVIRONMENT_FIXES = {
+    errno.ENOSPC: "the disk is full: free space or use a --workdir on another disk, then rerun",
+    errno.EDQUOT: "the disk quota is used up: free space or use a --workdir on another disk",
+    errno.EROFS: "the file system is read-only: use a --workdir on a writable disk",
+    errno.EACCES: "permission denied: make it writable (and readable) for you, or use another path",
+    errno.EPERM: "operation not permitted: check its owner and permissions, or use another path",
+    errno.EIO: "an input/output error: check the disk",
+}
 
 _DISTRIBUTED_FLAGS = {}
 
@@ -56,6 +76,11 @@ def user_errors():
 
   A run stopped on request (SIGTERM, SIGINT, --stop_after_steps) exits 0
   after saying where its checkpoint is.
+
+  An OSError of the environment (disk full, read-only, permissions) also
+  gets one line naming the path; a second Ctrl-C exits 130. Any other
+  exception keeps its traceback, followed by one line saying what the run
+  was doing.
   """
   try:
     yield
@@ -64,3 +89,45 @@ def user_errors():
     sys.exit(0)
   except errors.UserError as error:
     sys.exit(f"error: {error}")
+  except KeyboardInterrupt as error:
+    message = str(error) if isinstance(error, errors.StopSignal) else (
+        f"Interrupted (Ctrl-C) while {errors.describe_activity(error)}; nothing more was"
+        " saved. Rerun the same command to resume from the last checkpoint.")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(130)
+  except OSError as error:
+    if error.errno not in _ENVIRONMENT_FIXES and not error.filename:
+      _report_failure(error)
+    path = f" {error.filename}" if error.filename else ""
+    fix = _ENVIRONMENT_FIXES.get(error.errno, "check that path")
+    sys.exit(f"error: cannot use{path} while {errors.describe_activity(error)}"
+             f" ({error.strerror or error}); {fix}.")
+  except Exception as error:  # pylint: disable=broad-except
+    _report_failure(error)
+
+
+def _report_failure(error: BaseException) -> None:
+  traceback.print_exc()
+  lines = str(error).strip().splitlines()
+  cause = f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+  sys.exit(f"error: {errors.describe_activity(error)} failed ({cause}). This is not a fault of"
+           " your input: please report it with the traceback above.")
+
+
+def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
+  """`app.run(main)`, after checking the config flags named (`--config=...`, `--config.F=V`).
+
+  A missing config file or unknown field fails with one `error:` line, and
+  `--config.FIELD=None` sets FIELD to None once the config is loaded.
+  """
+  try:
+    argv, nones = config_flag_checks.preflight(sys.argv, config_flags)
+  except errors.UserError as error:
+    sys.exit(f"error: {error}")
+
+  def main_with_nones(args):
+    for flag, field in nones:
+      config_flag_checks.set_none(flags.FLAGS[flag].value, field)
+    return main(args)
+
+  app.run(main_with_nones, argv=argv)
