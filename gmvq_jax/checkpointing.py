@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 from typing import Any, Iterator
@@ -82,9 +83,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
       # not leave a half-written step behind.
       manager.wait_until_finished()
   except Exception as error:
-    for name in os.listdir(str(manager.directory)):  # The failed save's temporary folder.
-      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-        shutil.rmtree(os.path.join(str(manager.directory), name), ignore_errors=True)
+    with contextlib.suppress(OSError):  # The failed save's temporary folder.
+      for name in os.listdir(str(manager.directory)):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(str(manager.directory), name), ignore_errors=True)
     if not _is_out_of_space(error):
       raise
     kept = ("no earlier checkpoint exists" if previous is None
@@ -94,6 +96,17 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
         f" checkpoint needs about {_megabytes(state)} MB. Nothing of step {step} was kept and"
         f" {kept}; free space (or move the workdir to a larger disk), then rerun the same"
         " command to resume.") from error
+
+
+def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+  """Closes `manager`; `quiet`: log instead of raise (e.g. the error of a save that failed)."""
+  try:
+    manager.close()
+  except Exception as error:  # pylint: disable=broad-except
+    if not quiet:
+      raise
+    logging.warning("Closing the checkpoint manager of %s: %s", manager.directory,
+                    _first_line(error))
 
 
 def remove_if_empty(workdir: str) -> None:

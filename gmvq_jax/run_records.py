@@ -31,7 +31,7 @@ def open_manager(workdir: str, config: ml_collections.ConfigDict,
     manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
 
   def close():
-    manager.close()
+    checkpointing.close(manager, quiet=True)
     if not existed:
       checkpointing.remove_if_empty(workdir)
 

@@ -376,10 +376,10 @@ def train_and_evaluate(
   strategy = parallel.make(config.parallelism)
   primary = jax.process_index() == 0
   with contextlib.ExitStack() as cleanup:
-    cleanup.enter_context(workdir_lock.WorkdirLock(workdir, "training", enabled=primary))
     # Signals during set-up (data, compilation) stop the run before its first step.
     stops = faults.StopRequests().__enter__()
     cleanup.callback(stops.__exit__)
+    cleanup.enter_context(workdir_lock.WorkdirLock(workdir, "training", enabled=primary))
     return _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, primary,
                                stops, cleanup)
 
@@ -457,7 +457,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
                        pipeline.position(dataset, done, config.batch_size))
     last_saved = done
 
-  stopped = None
+  stopped, failed = None, False
   try:
     with errors.activity(f"training from step {start_step}"):
       for step in range(start_step, end_step):
@@ -492,12 +492,13 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
             writer.write(done, "val", figures)
       check_finite()
   except BaseException:
+    failed = True
     if writer is not None:
       writer.close()
     raise
   finally:
     batches.close()
-    manager.close()
+    checkpointing.close(manager, quiet=failed)  # Never hide the error that ends the run.
     stops.__exit__()  # The evaluation below is short: signals have their usual effect.
   if stopped is not None:
     if writer is not None:

@@ -12,6 +12,7 @@ refreshed every HEARTBEAT_S seconds, is older than STALE_AFTER_S.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from gmvq_jax import errors
 
@@ -84,6 +85,19 @@ def describe(holder: dict[str, Any]) -> str:
   return f"pid {holder['pid']} on host {holder['host']}, started {started}"
 
 
+def locked(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Decorates `fn(workdir, ...)` to run holding the lock of an existing `workdir`."""
+
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(workdir, *args, **kwargs):
+      with WorkdirLock(workdir, command, create=False):
+        return fn(workdir, *args, **kwargs)
+    return wrapper
+
+  return decorate
+
+
 class WorkdirLock:
   """Context manager holding WORKDIR/.lock; `enabled=False` (non-primary processes) does nothing.
 
@@ -91,9 +105,13 @@ class WorkdirLock:
     workdir: the run's directory; created if absent (only by a holder).
     command: what the run does there, for the busy message (e.g. 'training').
     enabled: False on processes other than 0 of a multi-process run.
+    create: False for commands that need an existing workdir: when it is
+      not a directory, no lock is taken (the command reports it).
   """
 
-  def __init__(self, workdir: str, command: str = "a run", *, enabled: bool = True):
+  def __init__(self, workdir: str, command: str = "a run", *, enabled: bool = True,
+               create: bool = True):
+    enabled = enabled and (create or os.path.isdir(workdir))
     self.workdir, self.command, self.enabled = workdir, command, enabled
     self.path = lock_path(workdir)
     self._token = uuid.uuid4().hex
@@ -146,7 +164,7 @@ class WorkdirLock:
       reason = stale_reason(holder, mtime)
       if reason is None:
         raise WorkdirBusyError(
-            f"{self.workdir} is in use by another run ({describe(holder)}; lock file"
+            f"{self.workdir} is in use by another run, so {self.command} cannot start ({describe(holder)}; lock file"
             f" {self.path}). Wait for it to finish or stop it, or use another --workdir;"
             f" nothing was written. (If that run is surely gone, delete {self.path}.)")
       if self._take_over(holder):

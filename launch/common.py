@@ -8,6 +8,7 @@ Ctrl-C, and 1 after the traceback of a failure that is not the user's.
 import contextlib
 import errno
 import logging as std_logging
+import os
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -52,10 +53,12 @@ def define_distributed_flags() -> None:
 
 
 class _QuietDependencies(std_logging.Filter):
-  """Drops INFO records from Orbax and tensorstore; warnings still pass."""
+  """Drops INFO records from Orbax and tensorstore, and their tracebacks; warnings still pass."""
 
   def filter(self, record):
     noisy = "orbax" in record.pathname or "tensorstore" in record.pathname
+    if noisy:  # Their errors reach the launcher, which reports them once.
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
     return record.levelno >= std_logging.WARNING or not noisy
 
 
@@ -88,20 +91,18 @@ def user_errors():
     print(str(stopped), flush=True)
     sys.exit(0)
   except errors.UserError as error:
-    sys.exit(f"error: {error}")
+    _exit(str(error))
   except KeyboardInterrupt as error:
-    message = str(error) if isinstance(error, errors.StopSignal) else (
+    _exit(str(error) if isinstance(error, errors.StopSignal) else (
         f"Interrupted (Ctrl-C) while {errors.describe_activity(error)}; nothing more was"
-        " saved. Rerun the same command to resume from the last checkpoint.")
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(130)
+        " saved. Rerun the same command to resume from the last checkpoint."), 130)
   except OSError as error:
     if error.errno not in _ENVIRONMENT_FIXES and not error.filename:
       _report_failure(error)
     path = f" {error.filename}" if error.filename else ""
     fix = _ENVIRONMENT_FIXES.get(error.errno, "check that path")
-    sys.exit(f"error: cannot use{path} while {errors.describe_activity(error)}"
-             f" ({error.strerror or error}); {fix}.")
+    _exit(f"cannot use{path} while {errors.describe_activity(error)}"
+          f" ({error.strerror or error}); {fix}.")
   except Exception as error:  # pylint: disable=broad-except
     _report_failure(error)
 
@@ -110,8 +111,21 @@ def _report_failure(error: BaseException) -> None:
   traceback.print_exc()
   lines = str(error).strip().splitlines()
   cause = f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
-  sys.exit(f"error: {errors.describe_activity(error)} failed ({cause}). This is not a fault of"
-           " your input: please report it with the traceback above.")
+  _exit(f"{errors.describe_activity(error)} failed ({cause}). This is not a fault of your"
+        " input: please report it with the traceback above.")
+
+
+def _exit(message: str, status: int = 1) -> None:
+  """Prints `error: message` last and exits at once.
+
+  After a failed checkpoint save, Orbax's background threads wait minutes
+  for signals that never come and its event loops complain at shutdown, so
+  the process ends here (files written so far are closed by the OS).
+  """
+  sys.stdout.flush()
+  logging.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
@@ -123,7 +137,7 @@ def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
   try:
     argv, nones = config_flag_checks.preflight(sys.argv, config_flags)
   except errors.UserError as error:
-    sys.exit(f"error: {error}")
+    _exit(str(error))
 
   def main_with_nones(args):
     for flag, field in nones:
