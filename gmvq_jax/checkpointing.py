@@ -32,6 +32,10 @@ RUN_CONTROL_FIELDS = frozenset({
 })
 
 
+# Files a readable checkpoint never holds empty.
+_INDEX_FILES = frozenset({"manifest.ocdbt", "_METADATA"})
+
+
 class CheckpointError(errors.UserError, ValueError):
   """A checkpoint cannot be used: unreadable, or saved by an incompatible config."""
 
@@ -214,18 +218,32 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
 
 @contextlib.contextmanager
 def _readable(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
-  """Turns Orbax's errors on a damaged checkpoint into one CheckpointError."""
+  """Turns Orbax's errors on a damaged checkpoint into one CheckpointError.
+
+  Empty index files (a disk that filled up, a copy cut short) are refused
+  before Orbax opens them: tensorstore's reads of them fail in background
+  threads that keep printing tracebacks after the error is raised.
+  """
+  where = os.path.join(str(manager.directory), str(step))
+  for root, _, names in os.walk(where):
+    for name in names:
+      path = os.path.join(root, name)
+      if name in _INDEX_FILES and os.path.getsize(path) == 0:
+        raise CheckpointError(_unreadable(where, f"{path} is empty"))
   try:
     yield
   except CheckpointError:
     raise
   except Exception as error:  # Orbax and tensorstore raise many types here.
-    where = os.path.join(str(manager.directory), str(step))
     raise CheckpointError(
-        f"Checkpoint {where} cannot be read ({type(error).__name__}: {_first_line(error)})."
-        " It is damaged or was written by an incompatible version. Nothing was changed on"
-        f" disk. To resume from the previous checkpoint, move this step aside (e.g. `mv {where}"
-        f" {where}.bad`); or train in a new --workdir.") from error
+        _unreadable(where, f"{type(error).__name__}: {_first_line(error)}")) from error
+
+
+def _unreadable(where: str, cause: str) -> str:
+  return (f"Checkpoint {where} cannot be read ({cause}). It is damaged or was written by an"
+          " incompatible version. Nothing was changed on disk. To resume from the previous"
+          f" checkpoint, move this step aside (e.g. `mv {where} {where}.bad`); or train in a"
+          " new --workdir.")
 
 
 def _first_line(error: BaseException) -> str:

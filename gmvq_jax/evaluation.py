@@ -43,9 +43,11 @@ def restore_run(workdir: str):
   config = checkpointing.restore_config(workdir)
   dataset = data.from_config(config)
   manager = checkpointing.make_manager(workdir, read_only=True)
-  target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(config, dataset))
-  state = checkpointing.restore_state(manager, target)
-  manager.close()
+  try:
+    target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(config, dataset))
+    state = checkpointing.restore_state(manager, target)
+  finally:
+    checkpointing.close(manager, quiet=True)
   return config, state.replace(tx=train_lib.make_optimizer(config)), dataset
 
 

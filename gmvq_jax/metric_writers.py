@@ -11,6 +11,7 @@ import os
 import struct
 import sys
 import time
+import uuid
 from typing import Mapping, TextIO
 
 import numpy as np
@@ -60,7 +61,10 @@ class MetricWriter:
     if self._tensorboard:
       from tensorboardX import SummaryWriter  # Heavy import: only when asked for.
 
-      self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_SUBDIR))
+      # Event files are named by the second they start in: a resume within the
+      # same second would otherwise overwrite the previous run's file.
+      self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_SUBDIR),
+                               filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
   def write(self, step: int, split: str, figures: Mapping[str, object]) -> None:
     """Appends one record {step, split, **figures} (arrays become lists) and flushes."""

@@ -122,7 +122,8 @@ class WorkdirLock:
 
   def __enter__(self) -> "WorkdirLock":
     if self.enabled:
-      self.acquire()
+      with errors.activity(f"locking {self.workdir} for {self.command}"):
+        self.acquire()
     return self
 
   def __exit__(self, *exc) -> None:
