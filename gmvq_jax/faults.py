@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +146,18 @@ def offending(flags: Mapping[str, object]) -> list[str]:
   """The names whose (host) flag is set, loss terms first, gradients last."""
   names = sorted(name for name, flag in flags.items() if bool(flag) and name != GRADIENTS)
   return names + ([GRADIENTS] if bool(flags.get(GRADIENTS, False)) else [])
+
+
+def apply_if_finite(nonfinite: dict[str, jax.Array], state: Any, **new: Any) -> Any:
+  """`state` with the `new` fields and one more step, unless a `nonfinite` flag is set.
+
+  A non-finite step changes nothing but the step count (an exact select, so
+  finite steps are bit-identical to an unguarded update) and counts itself
+  in `skipped_steps`.
+  """
+  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
+  keep = lambda fresh, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), fresh, old)
+  return state.replace(
+      step=state.step + 1,
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+      **{field: keep(value, getattr(state, field)) for field, value in new.items()})

@@ -213,25 +213,10 @@ def train_step(
   if quantizer.init_params is not None:
     params = dict(params, **{name: quantizer_params})
   metrics.update(update_metrics)
-  new_state = apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
+  new_state = faults.apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, quantizer_state=quantizer_state)
   metrics.update(skipped_steps=new_state.skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
   return new_state, metrics
-
-
-def apply_if_finite(nonfinite: dict[str, Array], state: TrainState, **new: Any) -> TrainState:
-  """`state` with the `new` fields and one more step, unless a `nonfinite` flag is set.
-
-  A non-finite step changes nothing but the step count (an exact select, so
-  finite steps are bit-identical to an unguarded update) and counts itself
-  in `skipped_steps`.
-  """
-  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
-  keep = lambda fresh, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), fresh, old)
-  return state.replace(
-      step=state.step + 1,
-      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-      **{field: keep(value, getattr(state, field)) for field, value in new.items()})
 
 
 def eval_step(
@@ -364,9 +349,8 @@ def train_and_evaluate(
       checkpoint is saved.
     config_checks.ConfigError, checkpointing.CheckpointError,
       errors.UserNotADirectoryError, data errors: bad input, before any compilation.
-    workdir_lock.WorkdirBusyError: another run holds the workdir (nothing is written).
-    checkpointing.CheckpointSaveError: a save failed for lack of space; the
-      previous checkpoint is kept.
+    workdir_lock.WorkdirBusyError, checkpointing.CheckpointSaveError: the workdir
+      is in use (nothing is written); a save ran out of space (the last one is kept).
   """
   config_checks.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -391,8 +375,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
   if dataset is None:
     with errors.activity("reading the dataset"):
       dataset = data.from_config(config)
-  rng = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
   manager = run_records.open_manager(workdir, config, cleanup)
   latest = manager.latest_step()
@@ -409,15 +392,13 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
   if start_step >= config.num_steps:
-    manager.close()
     return run_records.finished_run(
         config, workdir, start_step, primary,
         lambda split: evaluate(config, state, dataset, split=split)[0])
   if stops.requested_before_start():
     raise TrainingStopped(latest, stops.signal_name, workdir, saved=False)
-  end_step = config.num_steps
-  if stop_after_steps is not None:
-    end_step = min(end_step, start_step + stop_after_steps)
+  end_step = (config.num_steps if stop_after_steps is None
+              else min(config.num_steps, start_step + stop_after_steps))
 
   writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if primary else None
   progress = metric_writers.Progress(config.num_steps, start_step)

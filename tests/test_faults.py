@@ -40,7 +40,7 @@ def _flags(data: str, workdir: str, *extra: str) -> list[str]:
 
 def _env(**faults) -> dict:
   env = launch_utils.child_env()
-  if faults:
+  if faults:  # root, errno, match, after, bug: see fault_shim/sitecustomize.py.
     env["PYTHONPATH"] = SHIM + os.pathsep + env["PYTHONPATH"]
     env.update({f"GMVQ_FAULT_{k.upper()}": str(v) for k, v in faults.items()})
   return env
@@ -269,6 +269,16 @@ class FreshWorkdirTest(_Probe):
   def test_config_mistake(self, args, fragment):
     result = _run([*args, f"--workdir={self.workdir}"])
     self.assertOneErrorLine(result, 1, fragment)
+    self.assertFalse(os.path.exists(self.workdir))
+
+  def test_a_bug_keeps_its_traceback_and_ends_in_one_line_saying_what_was_done(self):
+    result = _run(["--config=configs/gmvq_demo.py:smoke", f"--workdir={self.workdir}"],
+                  bug="gmvq_jax.train_lib:create_train_state")
+    self.assertEqual(result.returncode, 1, result.stdout[-3000:])
+    self.assertIn("Traceback", result.stdout)
+    self.assertEqual(result.stdout.strip().splitlines()[-1],
+                     "error: initialising the model failed (RuntimeError: injected bug). This is"
+                     " not a fault of your input: please report it with the traceback above.")
     self.assertFalse(os.path.exists(self.workdir))
 
   def _started(self, log_path):

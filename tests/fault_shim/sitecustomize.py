@@ -6,6 +6,7 @@ paths containing it) and GMVQ_FAULT_AFTER (that many writes succeed first).
 Python-level writes are covered (open for writing, os.open with write flags,
 mkdir; for EROFS also rename/replace, remove, rmdir, rmtree); tensorstore's C++ writes are
 not, so a checkpoint save fails when Orbax creates its folders or files.
+GMVQ_FAULT_BUG=module:function makes a function raise instead.
 """
 
 import builtins
@@ -65,3 +66,15 @@ if _ROOT:
     os.rename = _guard(os.rename, 0, 1)
     os.replace = _guard(os.replace, 0, 1)
     shutil.rmtree = _guard(shutil.rmtree, 0)
+
+# GMVQ_FAULT_BUG=module:function makes that function raise RuntimeError, as a
+# bug in the library (or in JAX under it) would.
+if os.environ.get("GMVQ_FAULT_BUG"):
+  import importlib
+
+  _module, _function = os.environ["GMVQ_FAULT_BUG"].split(":")
+
+  def _bug(*args, **kwargs):
+    raise RuntimeError("injected bug")
+
+  setattr(importlib.import_module(_module), _function, _bug)
