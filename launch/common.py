@@ -9,6 +9,7 @@ import contextlib
 import errno
 import logging as std_logging
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -128,18 +129,29 @@ def _exit(message: str, status: int = 1) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
+def _stopped_before_start(signum, frame) -> None:
+  del frame
+  print(f"Stopped before the run started ({signal.Signals(signum).name}); nothing was written.",
+        flush=True)
+  os._exit(0)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
   """`app.run(main)`, after checking the config flags named (`--config=...`, `--config.F=V`).
 
   A missing config file or unknown field fails with one `error:` line, and
   `--config.FIELD=None` sets FIELD to None once the config is loaded.
   """
+  # Until main runs nothing is written: SIGTERM just says so (the training
+  # loop installs its own handlers before it creates anything).
+  signal.signal(signal.SIGTERM, _stopped_before_start)
   try:
     argv, nones = config_flag_checks.preflight(sys.argv, config_flags)
   except errors.UserError as error:
     _exit(str(error))
 
   def main_with_nones(args):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for flag, field in nones:
       config_flag_checks.set_none(flags.FLAGS[flag].value, field)
     return main(args)
