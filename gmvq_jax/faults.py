@@ -62,7 +62,8 @@ class StopRequests:
 
   Use as a context manager around the training loop; previous handlers come
   back on exit. A second SIGINT in a single-process run raises
-  errors.StopSignal (a KeyboardInterrupt) at once (no checkpoint), for a user who wants out now.
+  errors.StopSignal (a KeyboardInterrupt) at once (no checkpoint), for a
+  user who wants out now.
   Handlers can only be installed from the main thread; elsewhere (e.g. a
   notebook's worker thread) signals keep their usual effect.
   """

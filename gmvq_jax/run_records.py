@@ -25,7 +25,7 @@ FINAL_SPLITS = ("val", "test")
 
 def open_manager(workdir: str, config: ml_collections.ConfigDict,
                  cleanup: contextlib.ExitStack) -> ocp.CheckpointManager:
-  """The run's CheckpointManager, closed by `cleanup`; a checkpoints/ it created stays only if used."""
+  """The run's CheckpointManager, closed by `cleanup` (which removes a checkpoints/ left empty)."""
   existed = os.path.isdir(checkpointing.checkpoint_dir(workdir))
   with errors.activity(f"opening {checkpointing.checkpoint_dir(workdir)}"):
     manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)

@@ -214,7 +214,7 @@ def train_step(
     params = dict(params, **{name: quantizer_params})
   metrics.update(update_metrics)
   new_state = faults.apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, quantizer_state=quantizer_state)
+                                     opt_state=opt_state, quantizer_state=quantizer_state)
   metrics.update(skipped_steps=new_state.skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
   return new_state, metrics
 
@@ -304,8 +304,7 @@ def evaluate(
 
 # ---------------------------------------------------------------------- loop
 
-
-TrainingStopped = faults.TrainingStopped
+TrainingStopped = faults.TrainingStopped  # Where launchers and notebooks catch it.
 
 
 def train_and_evaluate(
@@ -370,6 +369,7 @@ def train_and_evaluate(
 
 def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, primary, stops,
                         cleanup):
+  """`train_and_evaluate` once the workdir is locked; `cleanup` closes what it opens."""
   logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
                jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
   if dataset is None:

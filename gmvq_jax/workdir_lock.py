@@ -165,9 +165,10 @@ class WorkdirLock:
       reason = stale_reason(holder, mtime)
       if reason is None:
         raise WorkdirBusyError(
-            f"{self.workdir} is in use by another run, so {self.command} cannot start ({describe(holder)}; lock file"
-            f" {self.path}). Wait for it to finish or stop it, or use another --workdir;"
-            f" nothing was written. (If that run is surely gone, delete {self.path}.)")
+            f"{self.workdir} is in use by another run, so {self.command} cannot start"
+            f" ({describe(holder)}; lock file {self.path}). Wait for it to finish or stop it,"
+            " or use another --workdir; nothing was written. (If that run is surely gone,"
+            f" delete {self.path}.)")
       if self._take_over(holder):
         logging.warning("Took over the stale lock of %s: %s held it, but %s.", self.workdir,
                         describe(holder), reason)

@@ -86,8 +86,12 @@ def check_field(config: Any, field: str, flag: str = "config") -> None:
     raise ConfigFlagError(f"--{flag}.{field}: {where} has no field {part!r}; {hint}.")
 
 
-def preflight(argv: Sequence[str], flag_names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-  """Checks the config flags of `argv`; returns (argv without FIELD=None flags, their (flag, field)).
+def preflight(argv: Sequence[str],
+              flag_names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Checks the config flags of `argv`.
+
+  Returns:
+    argv without its `--FLAG.FIELD=None` flags, and their (flag, field) pairs.
 
   Only the `--FLAG=FILE` and `--FLAG.FIELD=VALUE` forms are checked (and
   `--FLAG FILE`); absl reports anything else itself.

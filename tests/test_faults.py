@@ -121,7 +121,7 @@ class _Probe(parameterized.TestCase):
 
 
 class TrainedWorkdirTest(_Probe):
-  """Probes on copies of one `:smoke` run, trained on 3 test images while a second run is refused."""
+  """Probes on copies of one `:smoke` run (3 test images), trained while a second run is refused."""
 
   @classmethod
   def setUpClass(cls):
@@ -141,7 +141,8 @@ class TrainedWorkdirTest(_Probe):
       first.wait(timeout=TIMEOUT_S)
     finally:
       first.kill()
-    cls.first_pid, cls.first_status, cls.first_output = first.pid, first.returncode, _read(first_log)
+    cls.first_pid, cls.first_status = first.pid, first.returncode
+    cls.first_output = _read(first_log)
 
   @classmethod
   def tearDownClass(cls):

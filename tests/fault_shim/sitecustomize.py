@@ -1,4 +1,4 @@
-"""Fault injection for launcher subprocesses: writes under a folder fail as a full or read-only disk would.
+"""Fault injection for launchers: writes under a folder fail as on a full or read-only disk.
 
 Put this folder on PYTHONPATH and set GMVQ_FAULT_ROOT (the folder),
 GMVQ_FAULT_ERRNO ('ENOSPC' or 'EROFS'), optionally GMVQ_FAULT_MATCH (only
