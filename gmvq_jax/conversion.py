@@ -100,7 +100,10 @@ def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
   except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
     if isinstance(error, TokenFileError):
       raise
-    raise TokenFileError(f"{path} is not a readable token file ({error}).") from error
+    raise TokenFileError(
+        f"{path} is not a readable token file ({error}): damaged or cut short (a full disk, an"
+        " interrupted copy?). Write it again with `python -m launch.quantize --workdir=...`."
+    ) from error
 
 
 def check_tokens(tokens: np.ndarray, codebook: np.ndarray, config: ml_collections.ConfigDict,

@@ -224,7 +224,7 @@ class TrainedWorkdirTest(_Probe):
       f.truncate(f.seek(0, 2) // 2)
     before = _hashes(workdir)
     result = _run([f"--workdir={workdir}", f"--tokens={tokens}"], "launch.decode")
-    self.assertOneErrorLine(result, 1, tokens, "not a readable token file")
+    self.assertOneErrorLine(result, 1, tokens, "not a readable token file", "launch.quantize")
     self.assertEqual(_hashes(workdir), before)
 
   def test_a_stale_lock_after_kill_9_is_taken_over(self):
