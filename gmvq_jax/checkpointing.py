@@ -10,7 +10,10 @@ middle of a save leaves the previous steps restorable.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import shutil
 from typing import Any, Iterator
 
 import jax
@@ -29,8 +32,16 @@ RUN_CONTROL_FIELDS = frozenset({
 })
 
 
+# Files a readable checkpoint never holds empty.
+_INDEX_FILES = frozenset({"manifest.ocdbt", "_METADATA"})
+
+
 class CheckpointError(errors.UserError, ValueError):
   """A checkpoint cannot be used: unreadable, or saved by an incompatible config."""
+
+
+class CheckpointSaveError(errors.UserError, OSError):
+  """A save failed for lack of disk space; the previous checkpoint is intact."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -68,10 +79,61 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_position is not None:
     items["data"] = ocp.args.JsonSave(data_position)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
-  # Saves are asynchronous; a run that ends (or is killed) right after must
-  # not leave a half-written step behind.
-  manager.wait_until_finished()
+  previous = manager.latest_step()
+  try:
+    with errors.activity(f"saving checkpoint step {step} in {manager.directory}"):
+      manager.save(step, args=ocp.args.Composite(**items), force=True)
+      # Saves are asynchronous; a run that ends (or is killed) right after must
+      # not leave a half-written step behind.
+      manager.wait_until_finished()
+  except Exception as error:
+    with contextlib.suppress(OSError):  # The failed save's temporary folder.
+      for name in os.listdir(str(manager.directory)):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(str(manager.directory), name), ignore_errors=True)
+    if not _is_out_of_space(error):
+      raise
+    kept = ("no earlier checkpoint exists" if previous is None
+            else f"the checkpoint of step {previous} is intact")
+    raise CheckpointSaveError(
+        f"No space left on the device of {manager.directory} while saving step {step}: a"
+        f" checkpoint needs about {_megabytes(state)} MB. Nothing of step {step} was kept and"
+        f" {kept}; free space (or move the workdir to a larger disk), then rerun the same"
+        " command to resume.") from error
+
+
+def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+  """Closes `manager`; `quiet`: log instead of raise (e.g. the error of a save that failed)."""
+  try:
+    manager.close()
+  except Exception as error:  # pylint: disable=broad-except
+    if not quiet:
+      raise
+    logging.warning("Closing the checkpoint manager of %s: %s", manager.directory,
+                    _first_line(error))
+
+
+def remove_if_empty(workdir: str) -> None:
+  """Removes WORKDIR/checkpoints if it holds nothing (e.g. a run stopped before saving)."""
+  with contextlib.suppress(OSError):
+    os.rmdir(checkpoint_dir(workdir))
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "ENOSPC" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _megabytes(state: Any) -> str:
+  size = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+  return f"{size / 2**20:.1f}"
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
@@ -156,18 +218,32 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
 
 @contextlib.contextmanager
 def _readable(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
-  """Turns Orbax's errors on a damaged checkpoint into one CheckpointError."""
+  """Turns Orbax's errors on a damaged checkpoint into one CheckpointError.
+
+  Empty index files (a disk that filled up, a copy cut short) are refused
+  before Orbax opens them: tensorstore's reads of them fail in background
+  threads that keep printing tracebacks after the error is raised.
+  """
+  where = os.path.join(str(manager.directory), str(step))
+  for root, _, names in os.walk(where):
+    for name in names:
+      path = os.path.join(root, name)
+      if name in _INDEX_FILES and os.path.getsize(path) == 0:
+        raise CheckpointError(_unreadable(where, f"{path} is empty"))
   try:
     yield
   except CheckpointError:
     raise
   except Exception as error:  # Orbax and tensorstore raise many types here.
-    where = os.path.join(str(manager.directory), str(step))
     raise CheckpointError(
-        f"Checkpoint {where} cannot be read ({type(error).__name__}: {_first_line(error)})."
-        " It is damaged or was written by an incompatible version. Nothing was changed on"
-        f" disk. To resume from the previous checkpoint, move this step aside (e.g. `mv {where}"
-        f" {where}.bad`); or train in a new --workdir.") from error
+        _unreadable(where, f"{type(error).__name__}: {_first_line(error)}")) from error
+
+
+def _unreadable(where: str, cause: str) -> str:
+  return (f"Checkpoint {where} cannot be read ({cause}). It is damaged or was written by an"
+          " incompatible version. Nothing was changed on disk. To resume from the previous"
+          f" checkpoint, move this step aside (e.g. `mv {where} {where}.bad`); or train in a"
+          " new --workdir.")
 
 
 def _first_line(error: BaseException) -> str:

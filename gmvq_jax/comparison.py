@@ -58,6 +58,7 @@ from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax import train_lib
+from gmvq_jax import workdir_lock
 
 RUNS_SUBDIR = "runs"
 RESULT_NAME = "result.json"
@@ -501,6 +502,12 @@ def compare(compare_config: ml_collections.ConfigDict, workdir: str) -> list[dic
   names = check(compare_config, strategy.num_devices)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.UserNotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
+  with workdir_lock.WorkdirLock(workdir, "the comparison"):
+    return _compare_locked(compare_config, workdir, names)
+
+
+def _compare_locked(compare_config: ml_collections.ConfigDict, workdir: str,
+                    names: list[str]) -> list[dict]:
   _check_layout(workdir, names)
   rows, histories = [], {}
   first_seed = int(compare_config.seeds[0])

@@ -17,6 +17,7 @@ from gmvq_jax import errors
 from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
+from gmvq_jax.data import embedded
 from gmvq_jax.models import networks
 
 METHODS = methods.NAMES
@@ -88,6 +89,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
            "must be a non-empty tuple of positive ints (one stride-2 stage each)")
   factor = networks.downsampling_factor(channels)
   image_size = _int_at_least(config, "image_size", factor)
+  if config.dataset == "embedded":
+    _require(image_size >= embedded.MIN_IMAGE_SIZE, "image_size", image_size,
+             f"crops of the embedded photographs need image_size >= {embedded.MIN_IMAGE_SIZE}")
   _require(image_size % factor == 0, "image_size", image_size,
            f"must divide by {factor}, the encoder's downsampling factor ({len(channels)}"
            f" stride-2 convolutions, one per model.channels entry); e.g."

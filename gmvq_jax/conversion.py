@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import zipfile
 from typing import Any, Iterator
 
 import jax
@@ -27,6 +28,7 @@ from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
+from gmvq_jax import workdir_lock
 from gmvq_jax.data import pipeline
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gq
@@ -95,10 +97,13 @@ def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
         raise TokenFileError(f"{path} lacks {sorted(missing)}: not a token file written by"
                              " `launch.quantize`.")
       return contents["tokens"], contents["codebook"], json.loads(str(contents["metadata"]))
-  except (OSError, ValueError) as error:
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
     if isinstance(error, TokenFileError):
       raise
-    raise TokenFileError(f"{path} is not a readable token file ({error}).") from error
+    raise TokenFileError(
+        f"{path} is not a readable token file ({error}): damaged or cut short (a full disk, an"
+        " interrupted copy?). Write it again with `python -m launch.quantize --workdir=...`."
+    ) from error
 
 
 def check_tokens(tokens: np.ndarray, codebook: np.ndarray, config: ml_collections.ConfigDict,
@@ -266,6 +271,7 @@ def kl_percentiles(counts: np.ndarray, maximum: float,
   return figures
 
 
+@workdir_lock.locked("tokenizing")
 def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | None = None,
             sampler: str | None = None, split: str = "test", batch_size: int | None = None,
             num_images: int = 16) -> dict[str, Any]:
@@ -376,6 +382,7 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
   return report
 
 
+@workdir_lock.locked("decoding")
 def decode(workdir: str, tokens_path: str, *, output: str | None = None,
            batch_size: int | None = None, num_images: int = 16) -> tuple[str, np.ndarray]:
   """Decodes a token file with the latest checkpoint of `workdir`.

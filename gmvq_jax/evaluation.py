@@ -18,6 +18,7 @@ from gmvq_jax import errors
 from gmvq_jax import io as io_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
+from gmvq_jax import workdir_lock
 from gmvq_jax.data import registry
 
 EVAL_KEYS = ("mse", "psnr", "perplexity", "hard_perplexity", "code_usage")
@@ -42,9 +43,11 @@ def restore_run(workdir: str):
   config = checkpointing.restore_config(workdir)
   dataset = data.from_config(config)
   manager = checkpointing.make_manager(workdir, read_only=True)
-  target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(config, dataset))
-  state = checkpointing.restore_state(manager, target)
-  manager.close()
+  try:
+    target = jax.eval_shape(lambda: train_lib.create_train_state_shapes(config, dataset))
+    state = checkpointing.restore_state(manager, target)
+  finally:
+    checkpointing.close(manager, quiet=True)
   return config, state.replace(tx=train_lib.make_optimizer(config)), dataset
 
 
@@ -64,6 +67,9 @@ def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16)
       hyperparameters on; never tune on "test").
     num_images: originals and reconstructions shown in the PNG.
 
+  When that file already holds the figures of the latest checkpoint (and
+  the PNG exists), they are returned as they are and nothing is written.
+
   Returns:
     The figures written to output_paths(workdir, split)[0] (eval.json for
     test, eval_val.json for val): mse, psnr, perplexity, hard_perplexity,
@@ -73,11 +79,34 @@ def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16)
     ValueError: `split` is not in EVAL_SPLITS (before anything is read).
   """
   json_path, png_path = output_paths(workdir, split)
-  config, state, dataset = restore_run(workdir)
-  figures, pairs = train_lib.evaluate(config, state, dataset, split=split, num_images=num_images)
-  num_examples = dataset.num_eval_examples if split == "test" else dataset.num_val_examples
-  figures = dict(figures, step=int(state.step), num_examples=int(num_examples))
-  write_json(json_path, figures)
-  if pairs is not None:
-    visualization.save_reconstructions(png_path, pairs)
+  recorded = _up_to_date(workdir, json_path, png_path if num_images else None)
+  if recorded is not None:  # Nothing to write: no lock needed either.
+    return recorded
+  with workdir_lock.WorkdirLock(workdir, "evaluation", create=False):
+    config, state, dataset = restore_run(workdir)
+    with errors.activity(f"evaluating the {split} split of {workdir}"):
+      figures, pairs = train_lib.evaluate(config, state, dataset, split=split,
+                                          num_images=num_images)
+    num_examples = dataset.num_eval_examples if split == "test" else dataset.num_val_examples
+    figures = dict(figures, step=int(state.step), num_examples=int(num_examples))
+    write_json(json_path, figures)
+    if pairs is not None:
+      visualization.save_reconstructions(png_path, pairs)
   return figures
+
+
+def _up_to_date(workdir: str, json_path: str, png_path: str | None) -> dict | None:
+  """The figures of `json_path` if they are of the latest checkpoint (and the PNG exists)."""
+  if not os.path.isfile(json_path) or (png_path and not os.path.isfile(png_path)):
+    return None
+  try:
+    with open(json_path, encoding="utf-8") as f:
+      figures = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    return None
+  manager = checkpointing.make_manager(workdir, read_only=True)
+  latest = manager.latest_step()
+  manager.close()
+  return figures if isinstance(figures, dict) and figures.get("step") == latest else None

@@ -7,6 +7,7 @@ compiles the same function with jit, pmap or jit(shard_map).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -30,6 +31,8 @@ from gmvq_jax import faults
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
+from gmvq_jax import run_records
+from gmvq_jax import workdir_lock
 from gmvq_jax.data import pipeline
 from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
@@ -210,25 +213,10 @@ def train_step(
   if quantizer.init_params is not None:
     params = dict(params, **{name: quantizer_params})
   metrics.update(update_metrics)
-  new_state = apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, quantizer_state=quantizer_state)
+  new_state = faults.apply_if_finite(nonfinite, state, params=params, batch_stats=batch_stats,
+                                     opt_state=opt_state, quantizer_state=quantizer_state)
   metrics.update(skipped_steps=new_state.skipped_steps.astype(jnp.float32), nonfinite=nonfinite)
   return new_state, metrics
-
-
-def apply_if_finite(nonfinite: dict[str, Array], state: TrainState, **new: Any) -> TrainState:
-  """`state` with the `new` fields and one more step, unless a `nonfinite` flag is set.
-
-  A non-finite step changes nothing but the step count (an exact select, so
-  finite steps are bit-identical to an unguarded update) and counts itself
-  in `skipped_steps`.
-  """
-  finite = ~jnp.any(jnp.stack(list(nonfinite.values())))
-  keep = lambda fresh, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), fresh, old)
-  return state.replace(
-      step=state.step + 1,
-      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-      **{field: keep(value, getattr(state, field)) for field, value in new.items()})
 
 
 def eval_step(
@@ -316,21 +304,7 @@ def evaluate(
 
 # ---------------------------------------------------------------------- loop
 
-
-class TrainingStopped(Exception):
-  """Training stopped early on request (a signal, or `stop_after_steps`), checkpoint saved.
-
-  Attributes:
-    step: the step of the saved checkpoint.
-    reason: e.g. 'SIGTERM', 'SIGINT' or 'stop_after_steps'.
-    workdir: the run's directory; rerunning with it resumes at `step`.
-  """
-
-  def __init__(self, step: int, reason: str, workdir: str):
-    super().__init__(
-        f"Stopped at step {step} ({reason}); the checkpoint is saved in"
-        f" {checkpointing.checkpoint_dir(workdir)}. Rerun the same command to resume.")
-    self.step, self.reason, self.workdir = step, reason, workdir
+TrainingStopped = faults.TrainingStopped  # Where launchers and notebooks catch it.
 
 
 def train_and_evaluate(
@@ -374,6 +348,8 @@ def train_and_evaluate(
       checkpoint is saved.
     config_checks.ConfigError, checkpointing.CheckpointError,
       errors.UserNotADirectoryError, data errors: bad input, before any compilation.
+    workdir_lock.WorkdirBusyError, checkpointing.CheckpointSaveError: the workdir
+      is in use (nothing is written); a save ran out of space (the last one is kept).
   """
   config_checks.validate(config, jax.device_count())
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -382,17 +358,30 @@ def train_and_evaluate(
         " if absent). The file was left untouched.")
   strategy = parallel.make(config.parallelism)
   primary = jax.process_index() == 0
+  with contextlib.ExitStack() as cleanup:
+    # Signals during set-up (data, compilation) stop the run before its first step.
+    stops = faults.StopRequests().__enter__()
+    cleanup.callback(stops.__exit__)
+    cleanup.enter_context(workdir_lock.WorkdirLock(workdir, "training", enabled=primary))
+    return _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, primary,
+                               stops, cleanup)
+
+
+def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, primary, stops,
+                        cleanup):
+  """`train_and_evaluate` once the workdir is locked; `cleanup` closes what it opens."""
   logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
                jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
   if dataset is None:
-    dataset = data.from_config(config)
-  rng = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
+    with errors.activity("reading the dataset"):
+      dataset = data.from_config(config)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
-  manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
+  manager = run_records.open_manager(workdir, config, cleanup)
   latest = manager.latest_step()
   if latest is None:
-    state = create_train_state(config, init_rng, dataset)
+    with errors.activity("initialising the model"):
+      state = create_train_state(config, init_rng, dataset)
   else:  # Everything a resume needs is checked before it is restored.
     checkpointing.check_resumable(checkpointing.restore_config(workdir, latest), config, workdir)
     pipeline.check_position(checkpointing.restore_data_position(manager, latest), dataset,
@@ -402,9 +391,14 @@ def train_and_evaluate(
     state = state.replace(tx=make_optimizer(config))
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
-  end_step = config.num_steps
-  if stop_after_steps is not None:
-    end_step = min(end_step, start_step + stop_after_steps)
+  if start_step >= config.num_steps:
+    return run_records.finished_run(
+        config, workdir, start_step, primary,
+        lambda split: evaluate(config, state, dataset, split=split)[0])
+  if stops.requested_before_start():
+    raise TrainingStopped(latest, stops.signal_name, workdir, saved=False)
+  end_step = (config.num_steps if stop_after_steps is None
+              else min(config.num_steps, start_step + stop_after_steps))
 
   writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if primary else None
   progress = metric_writers.Progress(config.num_steps, start_step)
@@ -445,9 +439,9 @@ def train_and_evaluate(
                        pipeline.position(dataset, done, config.batch_size))
     last_saved = done
 
-  stopped = None
+  stopped, failed = None, False
   try:
-    with faults.StopRequests() as stops:
+    with errors.activity(f"training from step {start_step}"):
       for step in range(start_step, end_step):
         placed, step_metrics = step_fn(placed, next(batches), train_rng)
         done = step + 1
@@ -480,12 +474,14 @@ def train_and_evaluate(
             writer.write(done, "val", figures)
       check_finite()
   except BaseException:
+    failed = True
     if writer is not None:
       writer.close()
     raise
   finally:
     batches.close()
-    manager.close()
+    checkpointing.close(manager, quiet=failed)  # Never hide the error that ends the run.
+    stops.__exit__()  # The evaluation below is short: signals have their usual effect.
   if stopped is not None:
     if writer is not None:
       writer.close()
@@ -493,8 +489,9 @@ def train_and_evaluate(
 
   final_state = strategy.local_state(placed)
   started = time.perf_counter()
-  val_figures, _ = evaluate(config, final_state, dataset, split="val", step_fn=eval_fn)
-  figures, _ = evaluate(config, final_state, dataset, split="test", step_fn=eval_fn)
+  with errors.activity(f"evaluating step {int(final_state.step)}"):
+    val_figures, _ = evaluate(config, final_state, dataset, split="val", step_fn=eval_fn)
+    figures, _ = evaluate(config, final_state, dataset, split="test", step_fn=eval_fn)
   logging.info("Evaluation of the val and test splits took %.1fs.", time.perf_counter() - started)
   if primary:
     writer.write(int(final_state.step), "val", val_figures)

@@ -1,15 +1,37 @@
-"""Shared launcher set-up: quiet dependency logs, multi-process flags, one-line user errors."""
+"""Shared launcher set-up: quiet dependency logs, multi-process flags, one-line errors.
+
+Every launcher ends in one `error: ...` line and a non-zero status when it
+fails: status 1 for an input or environment fault (no traceback), 130 for
+Ctrl-C, and 1 after the traceback of a failure that is not the user's.
+"""
 
 import contextlib
+import errno
 import logging as std_logging
+import os
+import signal
 import sys
+import traceback
+from typing import Callable, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
 from gmvq_jax import distributed
 from gmvq_jax import errors
 from gmvq_jax import train_lib
+from launch import config_flag_checks
+
+# What to do about an OSError of the environment, by errno.
+_ENVIRONMENT_FIXES = {
+    errno.ENOSPC: "the disk is full: free space or use a --workdir on another disk, then rerun",
+    errno.EDQUOT: "the disk quota is used up: free space or use a --workdir on another disk",
+    errno.EROFS: "the file system is read-only: use a --workdir on a writable disk",
+    errno.EACCES: "permission denied: make it writable (and readable) for you, or use another path",
+    errno.EPERM: "operation not permitted: check its owner and permissions, or use another path",
+    errno.EIO: "an input/output error: check the disk",
+}
 
 _DISTRIBUTED_FLAGS = {}
 
@@ -32,10 +54,12 @@ def define_distributed_flags() -> None:
 
 
 class _QuietDependencies(std_logging.Filter):
-  """Drops INFO records from Orbax and tensorstore; warnings still pass."""
+  """Drops INFO records from Orbax and tensorstore, and their tracebacks; warnings still pass."""
 
   def filter(self, record):
     noisy = "orbax" in record.pathname or "tensorstore" in record.pathname
+    if noisy:  # Their errors reach the launcher, which reports them once.
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
     return record.levelno >= std_logging.WARNING or not noisy
 
 
@@ -56,6 +80,11 @@ def user_errors():
 
   A run stopped on request (SIGTERM, SIGINT, --stop_after_steps) exits 0
   after saying where its checkpoint is.
+
+  An OSError of the environment (disk full, read-only, permissions) also
+  gets one line naming the path; a second Ctrl-C exits 130. Any other
+  exception keeps its traceback, followed by one line saying what the run
+  was doing.
   """
   try:
     yield
@@ -63,4 +92,68 @@ def user_errors():
     print(str(stopped), flush=True)
     sys.exit(0)
   except errors.UserError as error:
-    sys.exit(f"error: {error}")
+    _exit(str(error))
+  except KeyboardInterrupt as error:
+    _exit(str(error) if isinstance(error, errors.StopSignal) else (
+        f"Interrupted (Ctrl-C) while {errors.describe_activity(error)}; nothing more was"
+        " saved. Rerun the same command to resume from the last checkpoint."), 130)
+  except OSError as error:
+    if error.errno not in _ENVIRONMENT_FIXES and not error.filename:
+      _report_failure(error)
+    path = f" {error.filename}" if error.filename else ""
+    fix = _ENVIRONMENT_FIXES.get(error.errno, "check that path")
+    _exit(f"cannot use{path} while {errors.describe_activity(error)}"
+          f" ({error.strerror or error}); {fix}.")
+  except Exception as error:  # pylint: disable=broad-except
+    _report_failure(error)
+
+
+def _report_failure(error: BaseException) -> None:
+  traceback.print_exc()
+  lines = str(error).strip().splitlines()
+  cause = f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+  _exit(f"{errors.describe_activity(error)} failed ({cause}). This is not a fault of your"
+        " input: please report it with the traceback above.")
+
+
+def _exit(message: str, status: int = 1) -> None:
+  """Prints `error: message` last and exits at once.
+
+  After a failed checkpoint save, Orbax's background threads wait minutes
+  for signals that never come and its event loops complain at shutdown, so
+  the process ends here (files written so far are closed by the OS).
+  """
+  sys.stdout.flush()
+  logging.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def _stopped_before_start(signum, frame) -> None:
+  del frame
+  print(f"Stopped before the run started ({signal.Signals(signum).name}); nothing was written.",
+        flush=True)
+  os._exit(0)  # pylint: disable=protected-access
+
+
+def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
+  """`app.run(main)`, after checking the config flags named (`--config=...`, `--config.F=V`).
+
+  A missing config file or unknown field fails with one `error:` line, and
+  `--config.FIELD=None` sets FIELD to None once the config is loaded.
+  """
+  # Until main runs nothing is written: SIGTERM just says so (the training
+  # loop installs its own handlers before it creates anything).
+  signal.signal(signal.SIGTERM, _stopped_before_start)
+  try:
+    argv, nones = config_flag_checks.preflight(sys.argv, config_flags)
+  except errors.UserError as error:
+    _exit(str(error))
+
+  def main_with_nones(args):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for flag, field in nones:
+      config_flag_checks.set_none(flags.FLAGS[flag].value, field)
+    return main(args)
+
+  app.run(main_with_nones, argv=argv)

@@ -352,8 +352,12 @@ class TfdsTest(parameterized.TestCase):
     self.assertEqual(subset.num_eval_examples, 5)
     np.testing.assert_array_equal(np.concatenate(list(subset.eval_batches(3))),
                                   np.concatenate(batches)[:5])
-    with self.assertRaisesRegex(ValueError, "num_eval_examples"):
-      data.make_dataset("cifar10", image_size=32, seed=0, num_eval_examples=11)
+    # More than the split holds: all of it, with a one-line notice.
+    with self.assertLogs(level="WARNING") as logs:
+      capped = data.make_dataset("cifar10", image_size=32, seed=0, num_eval_examples=11)
+    self.assertTrue(any(f"num_eval_examples=11 exceeds the {NUM_MOCK_EXAMPLES} examples" in line
+                        for line in logs.output), logs.output)
+    self.assertEqual(capped.num_eval_examples, NUM_MOCK_EXAMPLES)
 
   def test_celeb_a_center_crop_and_resize(self):
     ds = data.make_dataset("celeb_a", image_size=64, seed=1)

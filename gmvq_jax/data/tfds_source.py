@@ -10,6 +10,8 @@ import os
 import shlex
 from typing import Any, Sequence
 
+from absl import logging
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -156,9 +158,9 @@ class TfdsImageDataset(shuffling.ShuffledSplits):
       num_eval_examples = test_size
     num_eval_examples = shuffling.check_int(num_eval_examples, "num_eval_examples", 1)
     if num_eval_examples > test_size:
-      raise ValueError(
-          f"num_eval_examples={num_eval_examples} exceeds the {test_size} examples"
-          f" of the {name} test split.")
+      logging.warning("num_eval_examples=%d exceeds the %d examples of the %s test split:"
+                      " evaluating on all %d.", num_eval_examples, test_size, name, test_size)
+      num_eval_examples = test_size
     self.num_eval_examples = num_eval_examples
     train_size = len(self._sources["train"])
     self._set_splits(
