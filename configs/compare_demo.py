@@ -94,7 +94,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
   train.eval_batch_size = 8
   small = compare_config(train, num_codes=16, latent_dim=4)
   small.quantizers.fsq.levels = (4, 4)
-  small.quantizers.gq.latent_channels = 4
+  small.quantizers.gq.latent_dim = 4
   small.quantizers.gq.group_size = 4
   config.quantizers = small.quantizers
   config.seeds = (0, 1)
