@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from gmvq_jax import config_checks
+from gmvq_jax import config_version
 from gmvq_jax import conversion
 from gmvq_jax import errors
 from gmvq_jax import evaluation
@@ -273,7 +274,8 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       result = json.load(f)
-    if result["config"] != config_json:
+    config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
+    if dict(result["config"], config_version=config_version.CURRENT) != config_json:
       raise config_checks.ConfigError(
           f"{result_path} was made with another config for {name!r}; use a new --workdir, or"
           f" delete {run_dir} to retrain it.")

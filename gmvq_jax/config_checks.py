@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from gmvq_jax import codebook_init
+from gmvq_jax import config_version
 from gmvq_jax import data
 from gmvq_jax import errors
 from gmvq_jax import faults
@@ -69,6 +70,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     config: the run's ConfigDict (see configs/).
     num_devices: devices the global batch will be split over.
   """
+  _choice(config, "config_version", (config_version.CURRENT,))
   _choice(config, "method", METHODS)
   _choice(config, "dataset", data.DATASET_NAMES)
   _choice(config, "parallelism", parallel.MODES)
