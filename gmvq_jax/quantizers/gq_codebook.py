@@ -21,6 +21,7 @@ DEFAULT_TILE_SIZE = 512  # Fastest measured on CPU with the max + min-where redu
 
 
 def check_group_size(channels: int, group_size: int) -> None:
+  """ValueError unless tokens of `group_size` consecutive channels tile `channels`."""
   if group_size < 1 or channels % group_size:
     raise ValueError(
         f"group_size={group_size} must be a positive divisor of the channel count "
