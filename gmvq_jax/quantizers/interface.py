@@ -150,39 +150,44 @@ def code_eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array]
 
 
 # ------------------------------------------------------- checks of config fields
+# Each returns the problems of field `field` of node `q` (a config.quantizer,
+# or with `prefix` any node of a config): [] or one (name, value, allowed).
 
 
-def need_int(q: Any, field: str, minimum: int, why: str = "") -> list[Problem]:
+def need_int(q: Any, field: str, minimum: int, why: str = "",
+             prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   value = q[field]
   if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
     return []
-  return [(f"quantizer.{field}", value, f"must be an integer >= {minimum}{why}")]
+  return [(f"{prefix}{field}", value, f"must be an integer >= {minimum}{why}")]
 
 
-def need_number(q: Any, field: str, minimum: float, strict: bool = False) -> list[Problem]:
+def need_number(q: Any, field: str, minimum: float, strict: bool = False,
+                prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   value = q[field]
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   if ok and (value > minimum if strict else value >= minimum):
     return []
-  return [(f"quantizer.{field}", value, f"must be a number {'>' if strict else '>='} {minimum}")]
+  return [(f"{prefix}{field}", value, f"must be a number {'>' if strict else '>='} {minimum}")]
 
 
-def need_choice(q: Any, field: str, choices: tuple[str, ...]) -> list[Problem]:
+def need_choice(q: Any, field: str, choices: tuple[Any, ...],
+                prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   if q[field] in choices:
     return []
-  return [(f"quantizer.{field}", q[field], f"allowed values are {choices}")]
+  return [(f"{prefix}{field}", q[field], f"allowed values are {choices}")]
 
 
-def need_bool(q: Any, field: str) -> list[Problem]:
+def need_bool(q: Any, field: str, prefix: str = "quantizer.") -> list[Problem]:
   if isinstance(q.get(field), bool):
     return []
-  return [(f"quantizer.{field}", q.get(field), "must be True or False")]
+  return [(f"{prefix}{field}", q.get(field), "must be True or False")]
 
 
 # ------------------------------------------- quantizers of one code per vector
