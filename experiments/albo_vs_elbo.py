@@ -29,8 +29,8 @@ METRICS = common.GMVQ_METRICS
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", f"experiments/results/{NAME}",
                                   "Where albo_vs_elbo.png and albo_vs_elbo.json go.")
 _OBJECTIVES = flags.DEFINE_list("objectives", list(gmvq.OBJECTIVES), "Objectives compared.")
-_BETAS = flags.DEFINE_list("betas", ["1", "10"],
-                           "KL weights: 1 is the paper's GM-VQ, 10 the demo's GM-VQ + Entropy.")
+_BETAS = flags.DEFINE_list("betas", ["1", "100"],
+                           "KL weights: 1 is the paper's GM-VQ, 100 the registry's GM-VQ + Entropy.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds per (objective, beta).")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 250, "Training steps of every run.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Training batch of every run.")

@@ -26,7 +26,8 @@ METRICS = common.GMVQ_METRICS
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", f"experiments/results/{NAME}",
                                   "Where beta_effect.png and beta_effect.json go.")
-_BETAS = flags.DEFINE_list("betas", ["0.3", "1", "3", "10", "30"], "Entropy weights beta.")
+_BETAS = flags.DEFINE_list("betas", ["1", "10", "100", "1000"],
+                          "Entropy weights beta (the gamma sweep's beta stage chose 100).")
 _SEEDS = flags.DEFINE_list(
     "seeds", ["0"], "Seeds per beta; several (e.g. 0,1,2) give the spread of Fig. 4's boxes.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 250, "Training steps of every run.")

@@ -398,6 +398,8 @@ def run_claimed(output_dir: str, runs: Sequence[tuple[str, int, Any]]) -> list[d
   os.makedirs(os.path.join(output_dir, "runs"), exist_ok=True)
   paths = [os.path.join(output_dir, "runs", f"{label}_seed{seed}.json") for label, seed, _ in runs]
   for path, (label, seed, make_config) in zip(paths, runs):
+    if os.path.exists(path):
+      continue
     try:
       os.close(os.open(f"{path}.claim", os.O_CREAT | os.O_EXCL))
     except FileExistsError:

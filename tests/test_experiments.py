@@ -125,8 +125,8 @@ class ExperimentSmokeTest(parameterized.TestCase):
 
   def test_beta_effect(self):
     payload = self.run_script("beta_effect")
-    self.check_sweep(payload, ["0.3", "1"])
-    self.assertEqual(payload["settings"]["betas"], [0.3, 1.0])
+    self.check_sweep(payload, ["1", "10"])
+    self.assertEqual(payload["settings"]["betas"], [1.0, 10.0])
 
   def test_albo_vs_elbo(self):
     payload = self.run_script("albo_vs_elbo")
@@ -143,6 +143,25 @@ class ExperimentSmokeTest(parameterized.TestCase):
     self.assertEqual([p["log2_k"] for p in sweep["points"]], [2, 4, 6])
     for point in sweep["points"]:
       self.assertTrue(math.isfinite(point["psnr_vq"]))
+
+
+class RunClaimedTest(absltest.TestCase):
+
+  def test_a_run_with_a_record_is_never_trained_again(self):
+    from experiments import common  # pylint: disable=g-import-not-at-top
+    output_dir = tempfile.mkdtemp(prefix="run_claimed_")
+    runs_dir = os.path.join(output_dir, "runs")
+    os.makedirs(runs_dir)
+    record = dict(label="a", seed=0, val={}, test={}, history=[], wall_seconds=1.0)
+    with open(os.path.join(runs_dir, "a_seed0.json"), "w", encoding="utf-8") as f:
+      json.dump(record, f)
+
+    def must_not_train():
+      raise AssertionError("a finished run was trained again")
+
+    # No .claim file (deleted by hand, or never made): the record alone says done.
+    self.assertEqual(common.run_claimed(output_dir, [("a", 0, must_not_train)]), [record])
+    self.assertFalse(os.path.exists(os.path.join(runs_dir, "a_seed0.json.claim")))
 
 
 if __name__ == "__main__":
