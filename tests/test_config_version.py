@@ -17,6 +17,8 @@ from gmvq_jax import config_version
 from gmvq_jax import conversion
 from gmvq_jax import methods
 from gmvq_jax import train_lib
+from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 import tiny_configs
 
 
@@ -120,8 +122,11 @@ class SingleSourceDefaultsTest(absltest.TestCase):
   def test_no_function_repeats_a_config_default(self):
     """A quantizer function's parameter named as a Config field has no default (None aside)."""
     repeated = []
-    for module in {methods.get(name).quantizer_module() for name in methods.NAMES}:
-      fields = {field.name for field in dataclasses.fields(module.Config)}
+    modules = {methods.get(name).quantizer_module() for name in methods.NAMES}
+    # (module, the Config whose fields it must not default): GQ's codebook module too.
+    pairs = [(module, module.Config) for module in modules] + [(gq_codebook, gq.Config)]
+    for module, config_class in pairs:
+      fields = {field.name for field in dataclasses.fields(config_class)}
       for name, function in vars(module).items():
         if not inspect.isfunction(function) or function.__module__ != module.__name__:
           continue
