@@ -29,9 +29,15 @@ from gmvq_jax import train_lib
 from gmvq_jax.quantizers import gmvq
 
 try:
+  from benchmarks import step_timing
   from benchmarks import torch_gmvq
 except ImportError:  # Run as `python benchmarks/train_step.py`: benchmarks/ is on sys.path.
+  import step_timing
   import torch_gmvq
+
+RandomImages = step_timing.RandomImages
+JaxRunner = step_timing.JaxRunner
+time_repeat = step_timing.time_repeat
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["256", "32"], "Global batch sizes to time.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
@@ -54,15 +60,6 @@ _KMEANS_INIT = flags.DEFINE_bool(
 _CHECK_PORT = flags.DEFINE_bool(
     "check_port", True, "First check that the torch port computes what the flax model does.")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
-
-
-class RandomImages:
-  """Stand-in dataset for `train_lib.create_train_state`: uniform noise images."""
-
-  image_shape = (32, 32, 3)
-
-  def train_batch(self, step: int, batch_size: int) -> np.ndarray:
-    return np.random.default_rng(step).random((batch_size,) + self.image_shape, dtype=np.float32)
 
 
 @dataclasses.dataclass
@@ -88,39 +85,6 @@ class Timing:
   @property
   def spread(self) -> str:
     return f"{1e3 * min(self.step_s):.1f}-{1e3 * max(self.step_s):.1f}"
-
-
-class JaxRunner:
-  """The library's jitted `train_lib.train_step`, compiled ahead of time on one device."""
-
-  framework = "jax"
-  name = "jax"
-
-  def __init__(self, config, device: jax.Device, batch_size: int):
-    with jax.default_device(device):
-      state = train_lib.create_train_state(config, jax.random.key(0), RandomImages())
-    self.initial_params = jax.device_get(state.params)
-    self.state = jax.device_put(state, device)
-    self.images = jax.device_put(RandomImages().train_batch(10_000, batch_size), device)
-    self.rng = jax.device_put(jax.random.key(1), device)
-    self.metrics = None
-    step = jax.jit(functools.partial(train_lib.train_step, config=config), donate_argnums=0)
-    started = time.perf_counter()
-    lowered = step.lower(self.state, self.images, self.rng)
-    lowered_at = time.perf_counter()
-    self.compiled = lowered.compile()
-    compiled_at = time.perf_counter()
-    self.setup_s = compiled_at - started
-    self.setup_note = f"trace+lower {lowered_at - started:.1f}s, compile {compiled_at - lowered_at:.1f}s"
-
-  def step(self) -> None:
-    self.state, self.metrics = self.compiled(self.state, self.images, self.rng)
-
-  def sync(self) -> None:
-    jax.block_until_ready((self.state, self.metrics))
-
-  def loss(self) -> float:
-    return float(self.metrics["loss"])
 
 
 class TorchRunner:
@@ -155,15 +119,6 @@ class TorchRunner:
 
   def loss(self) -> float:
     return float(self.metrics["loss"])
-
-
-def time_repeat(runner, steps: int) -> float:
-  """Seconds per step over `steps` back-to-back steps, synchronised at the end."""
-  started = time.perf_counter()
-  for _ in range(steps):
-    runner.step()
-  runner.sync()
-  return (time.perf_counter() - started) / steps
 
 
 def pick_devices(choice: str) -> tuple[jax.Device, torch.device]:

@@ -414,7 +414,8 @@ def train_and_evaluate(
   del state  # The compiled step donates the placed copy; keep no stale host copy.
   batches = pipeline.TrainIterator(
       dataset, config.batch_size, start_step=start_step, end_step=end_step,
-      shard=jax.process_index(), num_shards=jax.process_count(), put=strategy.put_batch)
+      shard=jax.process_index(), num_shards=jax.process_count(), put=strategy.put_batch,
+      num_workers=config.get("input_workers", 1))
   stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
   progress_metrics = methods.make_quantizer(config).progress
   last_saved = latest

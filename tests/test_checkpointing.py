@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import chex
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 
 from gmvq_jax import checkpointing
+from gmvq_jax.data import pipeline
 from gmvq_jax import train_lib
 import tiny_configs
 
@@ -49,7 +51,10 @@ class CheckpointTest(absltest.TestCase):
       checkpointing.restore_config(self.workdir)
 
   def test_resume_continues_exactly_where_it_stopped(self):
-    """A run preempted after step 4 and rerun ends bit-identical to one that never stopped."""
+    """A run preempted after step 4 and rerun ends bit-identical to one that never stopped.
+
+    The rerun reads its batches with more input workers, which must not change them.
+    """
     config = tiny_configs.tiny_config(num_steps=6, checkpoint_every_steps=2,
                                       parallelism="jit")
     config.dataset = "embedded"
@@ -62,7 +67,11 @@ class CheckpointTest(absltest.TestCase):
     manager = checkpointing.make_manager(resumed)
     self.assertEqual(checkpointing.latest_step(manager), 4)
     manager.close()
-    figures_resumed = train_lib.train_and_evaluate(config, resumed)
+    rerun = config.copy_and_resolve_references()
+    rerun.input_workers = 3
+    with mock.patch.object(pipeline, "TrainIterator", wraps=pipeline.TrainIterator) as iterator:
+      figures_resumed = train_lib.train_and_evaluate(rerun, resumed)
+    self.assertEqual(iterator.call_args.kwargs["num_workers"], 3)
     self.assertEqual(figures_straight, figures_resumed)
 
     def final_params(workdir):

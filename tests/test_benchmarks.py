@@ -1,0 +1,77 @@
+"""Smoke tests of the benchmark scripts: they run end to end at tiny sizes and print sound tables.
+
+Speeds are not asserted (they are measured on an idle machine, not in tests);
+what is checked is that every requested row is there and its columns agree.
+"""
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_LABELS = {"embedded": "embedded", "npz": "npz", "folder": "folder (png)",
+                 "tfds": "tfds (mock)"}
+
+
+def run_benchmark(module, *args):
+  """Runs `python -m module args` in the repository root; returns stdout (stderr on failure)."""
+  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+  if result.returncode:
+    raise AssertionError(f"{module} exited with {result.returncode}:\n{result.stderr[-4000:]}")
+  return result.stdout
+
+
+def table_rows(stdout):
+  """The rows under the input-pipeline table's header, as lists of fields."""
+  lines = stdout.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("source ")) + 2
+  rows = []
+  for line in lines[start:]:
+    if not line.strip() or line.startswith(" "):
+      break
+    rows.append([line[:14].strip()] + line[14:].split())
+  return rows
+
+
+def rate_matches(images_per_s, ms, batch_size):
+  """images/s == batch_size / ms, up to the printed rounding (whole images/s, 0.01 ms)."""
+  low, high = batch_size / ((ms + 0.005) / 1e3), batch_size / (max(ms - 0.005, 1e-9) / 1e3)
+  return low - 0.5 <= images_per_s <= high + 0.5
+
+
+class InputPipelineBenchmarkTest(absltest.TestCase):
+
+  def test_quick_run_prints_a_row_per_source_and_worker_count(self):
+    stdout = run_benchmark(
+        "benchmarks.input_pipeline", "--quick", "--device=cpu", "--batch_size=8", "--steps=2",
+        "--num_images=40", "--num_workers=1,3", "--step_repeats=2", "--fed_steps=1")
+    rows = table_rows(stdout)
+    expected = [(label, workers) for label in SOURCE_LABELS.values() for workers in (1, 3)]
+    self.assertEqual([(row[0], int(row[1])) for row in rows], expected)
+    step_ms = {row[4] for row in rows}
+    self.assertLen(step_ms, 1)  # One step, timed once for the whole table.
+    gpu_rate = 256 / 0.020
+    for source, _, images_per_s, ms_per_batch, step, step_images, keeps_up, gpu, fed in rows:
+      images_per_s, ms_per_batch, step = float(images_per_s), float(ms_per_batch), float(step)
+      self.assertGreaterEqual(ms_per_batch, 0, source)  # A fast source rounds to 0.00 ms.
+      self.assertTrue(rate_matches(images_per_s, ms_per_batch, 8), (source, images_per_s, ms_per_batch))
+      self.assertTrue(rate_matches(float(step_images), step, 8), (step_images, step))
+      self.assertEqual(keeps_up, "yes" if ms_per_batch <= step else "NO", source)
+      self.assertEqual(gpu, "yes" if images_per_s >= gpu_rate else "NO", source)
+      self.assertGreater(float(fed), 0, source)
+    for label in SOURCE_LABELS.values():
+      self.assertIn(f"  {label}: ", stdout)  # Its verdict line.
+
+  def test_an_unknown_source_is_refused(self):
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.input_pipeline", "--sources=embedded,parquet"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("Unknown source 'parquet'", result.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
