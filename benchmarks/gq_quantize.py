@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 
 _SIZES = flags.DEFINE_list(
     "sizes", ["4096:65536:16", "4096:65536:4", "1024:4096:8", "16384:65536:16"],
     "N:K:m triples (tokens, codewords, token dimension); the first is the headline size.")
-_TILE_SIZE = flags.DEFINE_integer("tile_size", None, "gq.quantize tile; default the function's own.")
+_TILE_SIZE = flags.DEFINE_integer("tile_size", None,
+                                  "gq_codebook.quantize tile; default the function's own.")
 _TILE_SWEEP = flags.DEFINE_list("tile_sweep", ["4096", "16384"], "Extra tile sizes timed at the first size.")
 _DIRECT_GIB = flags.DEFINE_float(
     "direct_memory_gib", 1.0, "Cap on the direct formula's (N', K, m) float32 buffer: it runs on the "
@@ -36,7 +37,8 @@ _BUDGET_S = flags.DEFINE_float(
     "seconds_per_measurement", 8.0, "Stop repeating (after at least 3) once one measurement took this long.")
 _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", True, "Time where quantize's time goes (matmul vs argmax) at the first size.")
-_BETA = flags.DEFINE_float("beta", 1.0, "Prior weight of both formulas (the paper's omega).")
+_PRIOR_WEIGHT = flags.DEFINE_float("prior_weight", 1.0,
+                                   "Prior weight of both formulas (the paper's omega).")
 _TORCH = flags.DEFINE_bool(
     "torch_direct", True, "Also time the published PyTorch code path (eager torch.distributions.Normal "
     "log_prob on the (N', K, m) tensor) at the first size, on the same N' tokens.")
@@ -102,20 +104,20 @@ def mib(num_bytes: float) -> str:
 # The direct formula, as the published (PyTorch) implementation computes it.
 
 
-def direct_log_ratios(mu, std, codebook, prior_log_prob, beta):
-  """(N, K, m) log N(c_kj; mu_j, var_j) - beta log N(c_kj; 0, 1), torch Normal.log_prob's algebra."""
+def direct_log_ratios(mu, std, codebook, prior_log_prob, prior_weight):
+  """(N, K, m) log N(c_kj; mu_j, var_j) - w log N(c_kj; 0, 1), torch Normal.log_prob's algebra."""
   mu, std = mu[:, None, :], std[:, None, :]
   log_prob = -jnp.square(codebook[None] - mu) / (2.0 * jnp.square(std)) - jnp.log(std) - HALF_LOG_2PI
-  return log_prob - beta * prior_log_prob[None]
+  return log_prob - prior_weight * prior_log_prob[None]
 
 
 def direct_argmax(log_ratios):
   return jnp.argmax(jnp.sum(log_ratios, axis=2), axis=1).astype(jnp.int32)
 
 
-def direct_fused(mu, std, codebook, prior_log_prob, beta):
+def direct_fused(mu, std, codebook, prior_log_prob, prior_weight):
   """One jit: XLA fuses the (N, K, m) expression into the sum; only (N, K) scores are stored."""
-  return direct_argmax(direct_log_ratios(mu, std, codebook, prior_log_prob, beta))
+  return direct_argmax(direct_log_ratios(mu, std, codebook, prior_log_prob, prior_weight))
 
 
 # ----------------------------------------------------------------------------
@@ -124,7 +126,8 @@ def direct_fused(mu, std, codebook, prior_log_prob, beta):
 
 def make_inputs(num_tokens: int, num_codes: int, dim: int, codebooks: dict):
   if (num_codes, dim) not in codebooks:
-    codebooks[(num_codes, dim)] = jnp.asarray(gq.sample_codebook(0, num_codes, dim))
+    codebooks[(num_codes, dim)] = jnp.asarray(
+        gq_codebook.sample_codebook(0, num_codes, dim, "sobol"))
   rng = np.random.default_rng(num_tokens * 7919 + dim)
   mu = jnp.asarray(rng.normal(size=(num_tokens, dim)), jnp.float32)
   std = jnp.asarray(np.exp(rng.uniform(math.log(0.05), 0.0, size=(num_tokens, dim))), jnp.float32)
@@ -132,7 +135,8 @@ def make_inputs(num_tokens: int, num_codes: int, dim: int, codebooks: dict):
 
 
 def time_quantize(mu, std, codebook, tile_size) -> dict:
-  fn = functools.partial(gq.quantize, beta=_BETA.value, tile_size=tile_size)
+  fn = functools.partial(gq_codebook.quantize, prior_weight=_PRIOR_WEIGHT.value,
+                         tile_size=tile_size)
   compiled, compile_s = compile_timed(fn, mu, std, codebook)
   seconds, runs = median_seconds(compiled, mu, std, codebook)
   num_tokens, dim = mu.shape
@@ -147,21 +151,21 @@ def time_direct(mu, std, codebook, quantized) -> dict:
   chunk = max(1, min(mu.shape[0], int(_DIRECT_GIB.value * 2**30) // (num_codes * dim * 4)))
   mu, std = mu[:chunk], std[:chunk]
   prior = jax.scipy.stats.norm.logpdf(codebook)  # A precomputed buffer in the published code.
-  beta = jnp.float32(_BETA.value)
-  fused, fused_compile = compile_timed(direct_fused, mu, std, codebook, prior, beta)
-  fused_s, _ = median_seconds(fused, mu, std, codebook, prior, beta)
+  prior_weight = jnp.float32(_PRIOR_WEIGHT.value)
+  fused, fused_compile = compile_timed(direct_fused, mu, std, codebook, prior, prior_weight)
+  fused_s, _ = median_seconds(fused, mu, std, codebook, prior, prior_weight)
   # Two jits: the (N', K, m) log-ratio tensor is a real buffer between them, as in PyTorch.
-  ratios, ratios_compile = compile_timed(direct_log_ratios, mu, std, codebook, prior, beta)
+  ratios, ratios_compile = compile_timed(direct_log_ratios, mu, std, codebook, prior, prior_weight)
   shape = jax.ShapeDtypeStruct((chunk, num_codes, dim), jnp.float32)
   reduce, reduce_compile = compile_timed(direct_argmax, shape)
   materialised = lambda *args: reduce(ratios(*args))
-  materialised_s, _ = median_seconds(materialised, mu, std, codebook, prior, beta)
+  materialised_s, _ = median_seconds(materialised, mu, std, codebook, prior, prior_weight)
   expected = np.asarray(quantized[:chunk])
   return dict(
       chunk=chunk, fused_tps=chunk / fused_s, fused_compile_s=fused_compile,
       materialised_tps=chunk / materialised_s, materialised_compile_s=ratios_compile + reduce_compile,
-      fused_agree=float(np.mean(np.asarray(fused(mu, std, codebook, prior, beta)) == expected)),
-      materialised_agree=float(np.mean(np.asarray(materialised(mu, std, codebook, prior, beta)) == expected)),
+      fused_agree=float(np.mean(np.asarray(fused(mu, std, codebook, prior, prior_weight)) == expected)),
+      materialised_agree=float(np.mean(np.asarray(materialised(mu, std, codebook, prior, prior_weight)) == expected)),
       fused_temp=temp_bytes(fused),
       materialised_peak=output_bytes(ratios) + temp_bytes(ratios) + temp_bytes(reduce))
 
@@ -178,7 +182,8 @@ def time_torch_direct(mu, std, codebook, quantized, chunk: int) -> dict:
 
   def indices():
     with torch.no_grad():
-      log_ratios = Normal(mu[:, None, :], std[:, None, :]).log_prob(codebook[None]) - prior[None] * _BETA.value
+      log_ratios = (Normal(mu[:, None, :], std[:, None, :]).log_prob(codebook[None])
+                    - prior[None] * _PRIOR_WEIGHT.value)
       return torch.argmax(torch.sum(log_ratios, dim=2), dim=1)
 
   def run() -> None:  # Eager torch on the CPU is synchronous: nothing to wait for.
@@ -209,7 +214,7 @@ def memory_probe(num_tokens: int, num_codes: int, dim: int, tile: int) -> list[d
   for tokens, codes in [(num_tokens // 4, num_codes), (num_tokens, num_codes), (num_tokens * 4, num_codes),
                         (num_tokens, num_codes * 4)]:
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    fn = functools.partial(gq.quantize, tile_size=tile)
+    fn = functools.partial(gq_codebook.quantize, prior_weight=_PRIOR_WEIGHT.value, tile_size=tile)
     compiled = jax.jit(fn).lower(spec(tokens, dim), spec(tokens, dim), spec(codes, dim)).compile()
     padded = -(-codes // tile) * tile
     # Scores of one tile, the (K, 2m) code features and the (N, 2m) token features.
@@ -224,16 +229,16 @@ def memory_probe(num_tokens: int, num_codes: int, dim: int, tile: int) -> list[d
 def argmax_breakdown(mu, std, codebook, tiles) -> list[str]:
   """Splits quantize's time: the tile matmul with a cheap fused max vs the argmax reduce.
 
-  The variants rebuild quantize's scan locally (gq.py is not changed): 'matmul+max'
+  The variants rebuild quantize's scan locally (gq_codebook.py is not changed): 'matmul+max'
   keeps only the running max, a ceiling for any tiled argmax; 'max+min-where'
   finds the index as the lowest k whose score equals the tile max, a two-pass
   argmax without the variadic (value, index) reduce.
   """
   num_tokens, dim = mu.shape
   inv_var = 1.0 / jnp.square(std)
-  features = jnp.concatenate([mu * inv_var, 0.5 * (_BETA.value - inv_var)], axis=-1)
+  features = jnp.concatenate([mu * inv_var, 0.5 * (_PRIOR_WEIGHT.value - inv_var)], axis=-1)
   code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)
-  reference = np.asarray(gq.quantize(mu, std, codebook, beta=_BETA.value))
+  reference = np.asarray(gq_codebook.quantize(mu, std, codebook, prior_weight=_PRIOR_WEIGHT.value))
   flops = 2 * num_tokens * codebook.shape[0] * 2 * dim
   lines = []
   for tile in tiles:
@@ -270,8 +275,8 @@ def argmax_breakdown(mu, std, codebook, tiles) -> list[str]:
     max_s = median_seconds(jax.jit(lambda x: jnp.max(x, axis=-1)), block)[0]
     argmax_rate, max_rate = block.size / argmax_s, block.size / max_s
     lines.append(
-        f"  tile {tile}: matmul + fused max only {rates['max']:.1f} | gq.quantize {quantize_rate:.1f} | "
-        f"max + min-where index {rates['min_where']:.1f} (agrees with gq.quantize {agree:.4f})\n"
+        f"  tile {tile}: matmul + fused max only {rates['max']:.1f} | gq_codebook.quantize {quantize_rate:.1f} | "
+        f"max + min-where index {rates['min_where']:.1f} (agrees with gq_codebook.quantize {agree:.4f})\n"
         f"    reduce over a stored ({num_tokens}, {tile}) block: jnp.argmax {argmax_rate / 1e6:,.0f} M "
         f"scores/s ({4 * argmax_rate / 1e9:.1f} GB/s), jnp.max {max_rate / 1e6:,.0f} M scores/s "
         f"({4 * max_rate / 1e9:.1f} GB/s); at {4 * dim} flops per score argmax alone caps quantize "
@@ -296,7 +301,7 @@ def main(argv):
   warn_if_busy()
   codebooks: dict = {}
   num_tokens, num_codes, dim = sizes[0]
-  headline_tile = _TILE_SIZE.value or min(num_codes, gq.DEFAULT_TILE_SIZE)
+  headline_tile = _TILE_SIZE.value or min(num_codes, gq_codebook.DEFAULT_TILE_SIZE)
 
   print("Matmul rate (jitted float32, precision HIGHEST, median):", flush=True)
   rates = matmul_rates([(num_tokens, 2 * dim, num_codes), (num_tokens, 2 * dim, headline_tile),
@@ -308,7 +313,7 @@ def main(argv):
   results = []
   for tokens, codes, size_dim in sizes:
     mu, std, codebook = make_inputs(tokens, codes, size_dim, codebooks)
-    tile = _TILE_SIZE.value or min(codes, gq.DEFAULT_TILE_SIZE)
+    tile = _TILE_SIZE.value or min(codes, gq_codebook.DEFAULT_TILE_SIZE)
     quant = time_quantize(mu, std, codebook, _TILE_SIZE.value)
     direct = time_direct(mu, std, codebook, quant["compiled"](mu, std, codebook))
     results.append(dict(size=(tokens, codes, size_dim), tile=tile, quant=quant, direct=direct))
@@ -339,7 +344,7 @@ def main(argv):
 
   # ---------------------------------------------------------------- report.
   print()
-  print(f"GQ quantize, float32, beta={_BETA.value}; median of up to {_REPEATS.value} calls after "
+  print(f"GQ quantize, float32, prior_weight={_PRIOR_WEIGHT.value}; median of up to {_REPEATS.value} calls after "
         f"{_WARMUP.value} warm-up; compile = trace + lower + compile. FLOPs = 2 N K 2m.")
   print(f"Matmul rates: " + "; ".join(f"{m}x{k}x{n} {r:.1f}" for (m, k, n), r in rates)
         + f" GFLOP/s. Peak (best measured) {peak:.1f}.")

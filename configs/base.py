@@ -10,6 +10,9 @@ from gmvq_jax import methods
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # Which field names this config uses (gmvq_jax.config_version.CURRENT);
+  # runs saved with an older version's renamed fields are refused.
+  config.config_version = 2
   config.method = "gmvq"
   config.seed = 0
 

@@ -14,7 +14,7 @@ from configs import gmvq_celeba
 
 
 def get_config(variant: str | None = None):
-  config = compare_demo.compare_config(gmvq_celeba.get_config())
+  config = compare_demo.compare_config(gmvq_celeba.get_config(), num_codes=1024, latent_dim=64)
   if variant == "smoke":
     compare_demo.shrink_for_smoke(config)
     config.train.image_size = 32  # celeb_a is resized on read.

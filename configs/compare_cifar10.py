@@ -16,7 +16,8 @@ from configs import gmvq_cifar10
 
 
 def get_config(variant: str | None = None):
-  config = compare_demo.compare_config(gmvq_cifar10.get_config())
+  config = compare_demo.compare_config(gmvq_cifar10.get_config(), num_codes=1024,
+                                       latent_dim=64)
   if variant == "smoke":
     compare_demo.shrink_for_smoke(config)
   elif variant:

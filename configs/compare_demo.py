@@ -36,9 +36,12 @@ STEPS = 500  # Per run; one run of each of the 15 methods took 44 min on 2 CPU c
 HEADLINE = ("vqvae", "vqvae_l2", "vqvae_l2_replace", "fsq", "gq", "gmvq", "gmvq_entropy")
 
 
-def compare_config(train: ml_collections.ConfigDict, *, num_codes: int = 1024,
-                   latent_dim: int = 64) -> ml_collections.ConfigDict:
+def compare_config(train: ml_collections.ConfigDict, *, num_codes: int,
+                   latent_dim: int) -> ml_collections.ConfigDict:
   """A compare config over all registered methods, sharing `train`'s non-quantizer fields.
+
+  Every method is sized by `methods.quantizer_config(name, num_codes=...,
+  latent_dim=...)`: C codes of width L, or ~log2 C bits per position.
 
   Also sets the protocol's defaults: seeds (0, 1, 2), lr_grid (0.5, 1.0, 2.0)
   and an empty method_steps (see the module docstring).
@@ -67,7 +70,7 @@ def get_config(variant: str | None = None):
   train.optimizer.warmup_steps = 50
   train.checkpoint_every_steps = STEPS
   train.log_every_steps = 25
-  config = compare_config(train)
+  config = compare_config(train, num_codes=1024, latent_dim=64)
   config.method_steps = ml_collections.ConfigDict({name: 2 * STEPS for name in HEADLINE})
   # GQ's TDC multiplier starts at 1 and moves 1% a step; with kl_weight 0.1 it
   # needs ~1000 steps to fall to where lam * kl_weight balances the
@@ -94,7 +97,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
   train.eval_batch_size = 8
   small = compare_config(train, num_codes=16, latent_dim=4)
   small.quantizers.fsq.levels = (4, 4)
-  small.quantizers.gq.latent_channels = 4
+  small.quantizers.gq.latent_dim = 4
   small.quantizers.gq.group_size = 4
   config.quantizers = small.quantizers
   config.seeds = (0, 1)

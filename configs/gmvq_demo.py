@@ -14,7 +14,7 @@ def get_config(variant: str | None = None):
   # "GM-VQ + Entropy" (a larger KL weight beta, GM-VQ paper Sec. 5.1) with the
   # registry's gamma and the registry's gmvq_entropy beta, both chosen on
   # validation data by experiments/gamma_sweep.py.
-  config.quantizer.beta = dict(methods.get("gmvq_entropy").overrides)["beta"]
+  config.quantizer.beta = methods.quantizer_config("gmvq_entropy").beta
   if variant == "smoke":
     base.shrink_for_smoke(config)
   elif variant:

@@ -16,7 +16,7 @@ from gmvq_jax import methods
 def gq_quantizer() -> ml_collections.ConfigDict:
   """GQ fields (ALGORITHMS.md §2): c latent channels in tokens of m, K = 2^log2_codebook_size."""
   q = methods.quantizer_config("gq")
-  q.latent_channels = 16  # c
+  q.latent_dim = 16  # c
   q.group_size = 8  # m: c / m tokens per latent position.
   q.log2_codebook_size = 12  # TDC target T = log2 K bits per token.
   return q
@@ -29,7 +29,7 @@ def get_config(variant: str | None = None):
   base.cpu_demo(config)
   if variant == "smoke":
     base.shrink_for_smoke(config)
-    config.quantizer.latent_channels = 8
+    config.quantizer.latent_dim = 8
     config.quantizer.group_size = 4
     config.quantizer.log2_codebook_size = 6
   elif variant:

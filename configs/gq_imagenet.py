@@ -38,7 +38,7 @@ def get_config(variant: str | None = None):
   config.eval_every_steps = 25_000
   config.num_eval_examples = 10_000
   config.quantizer = gq_demo.gq_quantizer()
-  config.quantizer.latent_channels = 16
+  config.quantizer.latent_dim = 16
   config.quantizer.log2_codebook_size = 16
   rate = "0.25" if variant in (None, "smoke") else variant
   if rate not in GROUP_SIZE_FOR_BPP:

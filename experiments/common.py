@@ -29,6 +29,7 @@ from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import train_lib
 from gmvq_jax.data import pipeline
 from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 
 # Levels of the reported spread of per-token KL bits, in percent.
 SPREAD_LEVELS = (1, 5, 50, 95, 99)
@@ -169,6 +170,8 @@ def _posterior_entropy_step(state, images, mask, *, config):
   model = train_lib.build_model(config)
   _, _, aux = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
                           train=False)
+  if "probs" not in aux:  # A quantizer without a soft posterior: nothing to measure.
+    return jnp.float32(0.0), jnp.float32(0.0)
   probs = aux["probs"]  # (B * h * w, C) q(c|x) of every latent vector.
   vector_mask = jnp.repeat(mask, probs.shape[0] // images.shape[0])
   return jnp.sum(metrics_lib.entropy(probs) * vector_mask), jnp.sum(vector_mask)
@@ -178,8 +181,8 @@ def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], 
           log_every: int = 0, log: Any = print) -> list[dict]:
   """Trains every variant with every seed in memory and scores the test split.
 
-  One compile per variant (the seeds reuse it). GM-VQ runs also get the
-  mean entropy of the conditional posterior q(c|x) over the test vectors.
+  One compile per variant (the seeds reuse it). Runs of a quantizer with a
+  soft posterior q(c|x) (GM-VQ's) also get its mean entropy over the test vectors.
 
   Args:
     variants: label -> config.
@@ -189,7 +192,7 @@ def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], 
 
   Returns:
     One record per run: label, seed, the evaluation figures (train_lib.evaluate),
-    `posterior_entropy` (nats, GM-VQ), `history`, `wall_seconds`.
+    `posterior_entropy` (nats, when there is a q(c|x)), `history`, `wall_seconds`.
   """
   records = []
   for label, config in variants.items():
@@ -204,9 +207,9 @@ def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], 
                                           step_fn=step_fn)
       figures, _ = train_lib.evaluate(run_config, state, dataset, step_fn=eval_fn)
       record = dict(label=label, seed=int(seed), **figures)
-      if run_config.method == "gmvq":
-        record["posterior_entropy"] = posterior_entropy(run_config, state, dataset,
-                                                        step_fn=entropy_fn)
+      entropy = posterior_entropy(run_config, state, dataset, step_fn=entropy_fn)
+      if entropy is not None:
+        record["posterior_entropy"] = entropy
       record.update(history=history, wall_seconds=clock.seconds())
       records.append(record)
       log(f"{label} seed {seed}: " + ", ".join(
@@ -217,13 +220,18 @@ def sweep(variants: dict[str, ml_collections.ConfigDict], seeds: Sequence[int], 
 
 
 def posterior_entropy(config: ml_collections.ConfigDict, state: train_lib.TrainState,
-                      dataset: Any, *, step_fn: Any = None) -> float:
-  """Mean entropy (nats) of GM-VQ's q(c|x) over every latent vector of the test split."""
+                      dataset: Any, *, step_fn: Any = None) -> float | None:
+  """Mean entropy (nats) of q(c|x) over every latent vector of the test split.
+
+  None for a quantizer without a soft posterior (seen on the first batch).
+  """
   step_fn = step_fn or jax.jit(functools.partial(_posterior_entropy_step, config=config))
   batch_size = config.eval_batch_size
   total = count = 0.0
   for images, mask, _ in pipeline.padded_batches(dataset.eval_batches(batch_size), batch_size):
     batch_total, batch_count = jax.device_get(step_fn(state, images, mask))
+    if not count and not float(batch_count):
+      return None
     total += float(batch_total)
     count += float(batch_count)
   return total / max(count, 1.0)
@@ -232,8 +240,8 @@ def posterior_entropy(config: ml_collections.ConfigDict, state: train_lib.TrainS
 def _gaussian_test_step(state, images, *, config):
   model = train_lib.build_model(config)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
-                            config.quantizer.latent_channels)
+  mu, logvar = model.quantizer.posterior(model.apply(variables, images, False,
+                                                     method=model.encode))
   reconstructions = model.apply(variables, mu, False, method=model.decode)
   squared = jnp.sum(jnp.square(reconstructions - images), axis=(1, 2, 3))
   return (gq.kl_bits(mu, logvar, config.quantizer.group_size), gq.kl_bits(mu, logvar, 1),
@@ -262,13 +270,14 @@ def gaussian_test_rates(config: ml_collections.ConfigDict, state: train_lib.Trai
 
 
 def tokens_psnr(config: ml_collections.ConfigDict, state: train_lib.TrainState, dataset: Any,
-                *, log2_codebook_size: int | None = None, beta: float | None = None) -> dict:
+                *, log2_codebook_size: int | None = None,
+                prior_weight: float | None = None) -> dict:
   """GQ's offline conversion of the test split, in memory: PSNR from tokens and codebook use.
 
   Args:
     config, state, dataset: a trained GQ model.
     log2_codebook_size: K = 2^this codewords; default the config's.
-    beta: the quantization rule's prior weight; default the config's.
+    prior_weight: the quantization rule's; default the config's.
 
   Returns:
     psnr_vq, psnr_gaussian (dB), code_usage and token_perplexity.
@@ -277,15 +286,15 @@ def tokens_psnr(config: ml_collections.ConfigDict, state: train_lib.TrainState, 
 
   q = config.quantizer
   log2_k = q.log2_codebook_size if log2_codebook_size is None else log2_codebook_size
-  beta = q.beta if beta is None else beta
-  codebook = jnp.asarray(gq.sample_codebook(q.codebook_seed, 2**log2_k, q.group_size,
-                                            q.codebook_sampler))
+  prior_weight = q.prior_weight if prior_weight is None else prior_weight
+  codebook = jnp.asarray(gq_codebook.sample_codebook(q.codebook_seed, 2**log2_k, q.group_size,
+                                                     q.codebook_sampler))
   step_fn = jax.jit(functools.partial(conversion.convert_batch, config=config))
   batch_size = config.eval_batch_size
   sq_gaussian = sq_vq = 0.0
   values, tokens = 0, []
   for images, _, real in pipeline.padded_batches(dataset.eval_batches(batch_size), batch_size):
-    out = jax.device_get(step_fn(state, images, codebook, jnp.float32(beta)))
+    out = jax.device_get(step_fn(state, images, codebook, jnp.float32(prior_weight)))
     sq_gaussian += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
     sq_vq += float(np.sum(out["squared_vq"][:real], dtype=np.float64))
     values += real * int(np.prod(images.shape[1:]))

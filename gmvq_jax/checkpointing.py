@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gmvq_jax import config_version
 from gmvq_jax import errors
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -213,7 +214,8 @@ def restore_config(workdir: str, step: int | None = None) -> ml_collections.Conf
         f" `python -m launch.train --config=... --workdir={workdir}`.")
   with _readable(manager, step):
     restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])
+  # A run of an older config version with a renamed field is refused here.
+  return config_version.upgrade(ml_collections.ConfigDict(restored["config"]), workdir)
 
 
 @contextlib.contextmanager

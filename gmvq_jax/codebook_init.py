@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from gmvq_jax import methods
+from gmvq_jax.quantizers import interface
 from gmvq_jax.quantizers import kmeans
 
 Array = jax.Array
@@ -60,21 +61,14 @@ def init_params(config: ml_collections.ConfigDict, model: Any, variables: Any, d
 
 def check(config: ml_collections.ConfigDict) -> list[tuple[str, Any, str]]:
   """Problems with the k-means fields as (field, value, what is allowed)."""
-  q, problems = config.quantizer, []
+  q = config.quantizer
   if "kmeans_init" not in q:
-    return problems
-  if not isinstance(q.kmeans_init, bool):
-    problems.append(("quantizer.kmeans_init", q.kmeans_init, "must be True or False"))
-  elif q.kmeans_init and not supports_kmeans(config):
+    return []
+  problems = interface.need_bool(q, "kmeans_init")
+  if not problems and q.kmeans_init and not supports_kmeans(config):
     problems.append(("quantizer.kmeans_init", q.kmeans_init,
                      f"must be False for {config.method!r}: its encoder does not emit vectors in"
                      " the codebook's space, so there is nothing to cluster"))
-  if q.get("kmeans_seeding") not in kmeans.SEEDINGS:
-    problems.append(("quantizer.kmeans_seeding", q.get("kmeans_seeding"),
-                     f"must be one of {', '.join(map(repr, kmeans.SEEDINGS))}"))
-  for field, minimum in (("kmeans_iters", 0), ("kmeans_batches", 1)):
-    value = q.get(field)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-      problems.append((f"quantizer.{field}", value, f"must be an integer >= {minimum}"))
-  return problems
+  return (problems + interface.need_choice(q, "kmeans_seeding", kmeans.SEEDINGS)
+          + interface.need_int(q, "kmeans_iters", 0) + interface.need_int(q, "kmeans_batches", 1))
 

@@ -36,8 +36,6 @@ refuses a finished run whose config has since changed. Used by
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
 import math
@@ -48,12 +46,13 @@ from typing import Any, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from gmvq_jax import comparison_report
 from gmvq_jax import config_checks
+from gmvq_jax import config_version
 from gmvq_jax import conversion
 from gmvq_jax import errors
 from gmvq_jax import evaluation
 from gmvq_jax import faults
-from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -62,19 +61,6 @@ from gmvq_jax import workdir_lock
 
 RUNS_SUBDIR = "runs"
 RESULT_NAME = "result.json"
-# (key in a run's row, column header, format, measured) of table.md /
-# table.csv after the method, in order. A measured figure is shown as
-# mean ± std over seeds (CSV: <key>_mean and <key>_std); the others are fixed
-# by the config.
-COLUMNS = (
-    ("mse_x1e3", "MSE x1e-3", "{:.2f}", True),
-    ("psnr", "PSNR dB", "{:.2f}", True),
-    ("perplexity", "perplexity (paper)", "{:.1f}", True),
-    ("hard_perplexity", "hard perplexity", "{:.1f}", True),
-    ("code_usage", "code usage", "{:.3f}", True),
-    ("bits_per_image", "bits/image", "{:.0f}", False),
-    ("train_seconds", "train s", "{:.0f}", True),
-)
 # Keys of a run's row fixed by its config or its place in the protocol, not
 # measured: the same for every seed of a method, so not averaged.
 CONSTANT_KEYS = ("method", "steps", "bits_per_image", "seed", "lr_multiplier", "peak_lr")
@@ -274,7 +260,8 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       result = json.load(f)
-    if result["config"] != config_json:
+    config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
+    if dict(result["config"], config_version=config_version.CURRENT) != config_json:
       raise config_checks.ConfigError(
           f"{result_path} was made with another config for {name!r}; use a new --workdir, or"
           f" delete {run_dir} to retrain it.")
@@ -355,132 +342,6 @@ def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: st
   return row
 
 
-def _number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def format_table(rows: Sequence[dict]) -> tuple[str, str]:
-  """(Markdown, CSV) of the method rows; CSV keeps full precision.
-
-  Markdown: method, the COLUMNS (measured ones as `mean ± std`) and the
-  chosen peak lr with its multiplier. CSV: method, `<figure>_mean` and
-  `<figure>_std` of each measured figure, bits_per_image, then
-  lr_multiplier, peak_lr, num_seeds, steps.
-  """
-  header = ["method"] + [title for _, title, _, _ in COLUMNS] + ["chosen peak lr"]
-  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  for row in rows:
-    cells = [row["method"]]
-    for key, _, fmt, measured in COLUMNS:
-      values = [row.get(f"{key}_mean"), row.get(f"{key}_std")] if measured else [row.get(key)]
-      cells.append(" ± ".join(fmt.format(value) for value in values)
-                   if all(_number(value) for value in values) else "n/a")
-    cells.append(f"{row['peak_lr']:.3g} (x{row['lr_multiplier']:g})")
-    lines.append("| " + " | ".join(cells) + " |")
-  keys = ["method"]
-  for key, _, _, measured in COLUMNS:
-    keys += [f"{key}_mean", f"{key}_std"] if measured else [key]
-  keys += ["lr_multiplier", "peak_lr", "num_seeds", "steps"]
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(keys)
-  for row in rows:
-    writer.writerow([row.get(key, "") for key in keys])
-  return "\n".join(lines) + "\n", buffer.getvalue()
-
-
-def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
-  """(Markdown, CSV) of every method's final val MSE at every lr multiplier.
-
-  Markdown: one row per method, one column per multiplier (val MSE x1e-3,
-  the chosen one in bold, 'diverged' for a run that stopped on non-finite
-  values). CSV, one line per (method, multiplier): method, lr_multiplier,
-  peak_lr, seed, val_mse (empty if diverged), chosen.
-  """
-  grid = [entry["lr_multiplier"] for entry in rows[0]["tuning"]] if rows else []
-  header = ["method"] + [f"x{m:g} (peak lr {entry['peak_lr']:.3g})"
-                         for m, entry in zip(grid, rows[0]["tuning"] if rows else [])]
-  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  keys = ("method", "lr_multiplier", "peak_lr", "seed", "val_mse", "chosen")
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(keys)
-  for row in rows:
-    cells = [row["method"]]
-    for entry in row["tuning"]:
-      mse = entry["val_mse"]
-      cell = "diverged" if mse is None else f"{1e3 * mse:.2f}"
-      cells.append(f"**{cell}**" if entry["chosen"] else cell)
-      writer.writerow([row["method"]] + [("" if entry[key] is None else entry[key])
-                                         for key in keys[1:]])
-    lines.append("| " + " | ".join(cells) + " |")
-  caption = ("Final val MSE x1e-3 of the tuning runs (one seed) at each multiplier of"
-             " train.optimizer.peak_lr; bold: chosen (lowest).\n\n")
-  return caption + "\n".join(lines) + "\n", buffer.getvalue()
-
-
-def _write_text(path: str, text: str) -> None:
-  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def _save_figure(figure, path: str) -> None:
-  with io_lib.atomic_write(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-
-
-def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> None:
-  """Training loss, reconstruction MSE and batch perplexity against step, one line per method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  panels = (("loss", "training loss", "symlog"), ("recon", "reconstruction MSE", "log"),
-            ("batch_perplexity", "batch code perplexity (hard)", "log"))
-  figure, axes = plt.subplots(1, len(panels), figsize=(16, 4.6))
-  colours = plt.get_cmap("tab20")
-  for index, (name, records) in enumerate(histories.items()):
-    train = [r for r in records if r.get("split") == "train"]
-    for axis, (key, _, _) in zip(axes, panels):
-      points = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
-      if points:
-        steps, values = zip(*points)
-        axis.plot(steps, values, label=name, color=colours(index % 20), linewidth=1.2)
-  for axis, (_, panel_title, scale) in zip(axes, panels):
-    axis.set_title(panel_title)
-    axis.set_xlabel("step")
-    axis.set_yscale(scale)
-    axis.grid(alpha=0.3)
-  if title:
-    figure.suptitle(title)
-  axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-  _save_figure(figure, path)
-  plt.close(figure)
-
-
-def plot_scatter(rows: Sequence[dict], path: str) -> None:
-  """Test MSE against hard perplexity, one labelled point per method, error bars one std."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  figure, axis = plt.subplots(figsize=(7.5, 5.5))
-  for row in rows:
-    x, y = row["hard_perplexity_mean"], row["mse_x1e3_mean"]
-    axis.errorbar(x, y, xerr=row["hard_perplexity_std"], yerr=row["mse_x1e3_std"], fmt="o",
-                  markersize=4, capsize=2, elinewidth=0.8)
-    axis.annotate(row["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-  axis.set_xscale("log")
-  axis.set_xlabel("hard perplexity of the test codes (log scale)")
-  axis.set_ylabel("test MSE x1e-3")
-  num_seeds = sorted({row["num_seeds"] for row in rows})
-  axis.set_title("distortion against code use (mean ± std over"
-                 f" {'/'.join(map(str, num_seeds))} seeds)")
-  axis.grid(alpha=0.3)
-  _save_figure(figure, path)
-  plt.close(figure)
-
-
 def _check_layout(workdir: str, names: Sequence[str]) -> None:
   """Refuses a workdir whose method directories are runs of the single-seed comparison."""
   for name in names:
@@ -516,11 +377,11 @@ def _compare_locked(compare_config: ml_collections.ConfigDict, workdir: str,
     rows.append(row)
     histories[name] = metric_writers.read_metrics(os.path.join(
         workdir, RUNS_SUBDIR, name, run_dir_name(row["lr_multiplier"], first_seed)))
-  for stem, (markdown, csv_text) in (("table", format_table(rows)),
-                                     ("tuning", format_tuning(rows))):
-    _write_text(os.path.join(workdir, f"{stem}.md"), markdown)
-    _write_text(os.path.join(workdir, f"{stem}.csv"), csv_text)
-  plot_curves(histories, os.path.join(workdir, "curves.png"),
-              title=f"seed {first_seed} at each method's chosen lr")
-  plot_scatter(rows, os.path.join(workdir, "scatter.png"))
+  for stem, (markdown, csv_text) in (("table", comparison_report.format_table(rows)),
+                                     ("tuning", comparison_report.format_tuning(rows))):
+    comparison_report.write_text(os.path.join(workdir, f"{stem}.md"), markdown)
+    comparison_report.write_text(os.path.join(workdir, f"{stem}.csv"), csv_text)
+  comparison_report.plot_curves(histories, os.path.join(workdir, "curves.png"),
+                                title=f"seed {first_seed} at each method's chosen lr")
+  comparison_report.plot_scatter(rows, os.path.join(workdir, "scatter.png"))
   return rows

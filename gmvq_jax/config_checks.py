@@ -6,12 +6,13 @@ bad `--config.FIELD=VALUE` fails in milliseconds instead of after a compile.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
 
 from gmvq_jax import codebook_init
+from gmvq_jax import config_version
 from gmvq_jax import data
 from gmvq_jax import errors
 from gmvq_jax import faults
@@ -19,6 +20,7 @@ from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.data import embedded
 from gmvq_jax.models import networks
+from gmvq_jax.quantizers import interface
 
 METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
@@ -42,25 +44,27 @@ def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
 
 
-def _choice(config, field: str, choices: Iterable[str]) -> None:
-  value = _get(config, field)
-  choices = tuple(choices)
-  _require(value in choices, field, value, f"allowed values are {choices}")
+def _check(config, field: str, need: Callable[..., list], *args: Any) -> Any:
+  """config.<field> when `need` (one of interface's need_*) finds no problem; else ConfigError."""
+  value = _get(config, field)  # Raises: the field is missing.
+  parent, _, name = field.rpartition(".")
+  node = _get(config, parent) if parent else config
+  for problem_field, problem_value, allowed in need(node, name, *args,
+                                                    prefix=f"{parent}." if parent else ""):
+    _require(False, problem_field, problem_value, allowed)
+  return value
+
+
+def _choice(config, field: str, choices: Iterable[Any]) -> None:
+  _check(config, field, interface.need_choice, tuple(choices))
 
 
 def _int_at_least(config, field: str, minimum: int, why: str = "") -> int:
-  value = _get(config, field)
-  ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-  _require(ok, field, value, f"must be an integer >= {minimum}{why}")
-  return value
+  return _check(config, field, interface.need_int, minimum, why)
 
 
 def _number(config, field: str, *, minimum: float, strict: bool = False) -> float:
-  value = _get(config, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  ok = ok and (value > minimum if strict else value >= minimum)
-  _require(ok, field, value, f"must be a number {'>' if strict else '>='} {minimum}")
-  return value
+  return _check(config, field, interface.need_number, minimum, strict)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -70,6 +74,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     config: the run's ConfigDict (see configs/).
     num_devices: devices the global batch will be split over.
   """
+  _choice(config, "config_version", (config_version.CURRENT,))
   _choice(config, "method", METHODS)
   _choice(config, "dataset", data.DATASET_NAMES)
   _choice(config, "parallelism", parallel.MODES)

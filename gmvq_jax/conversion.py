@@ -32,12 +32,13 @@ from gmvq_jax import workdir_lock
 from gmvq_jax.data import pipeline
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 
 TOKENS_SUBDIR = "tokens"
 REPORT_NAME = "gq_report.json"
 PICTURE_NAME = "gq_reconstructions.png"
 SPLITS = ("test", "train")
-TOKEN_FILE_VERSION = 1
+TOKEN_FILE_VERSION = 2  # 2: metadata names the prior weight prior_weight (was beta).
 HISTOGRAM_BIN_BITS = 0.25  # Width of the per-token KL histogram's bins.
 PERCENTILES = (1, 5, 50, 95, 99)  # Reported levels of the per-token KL bits.
 REPORT_KEYS = ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "codebook_size", "code_usage",
@@ -62,7 +63,7 @@ def latent_grid(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(h, w, c/m): the token grid of one image under a GQ config."""
   side = config.image_size // networks.downsampling_factor(config.model.channels)
   q = config.quantizer
-  return side, side, q.latent_channels // q.group_size
+  return side, side, q.latent_dim // q.group_size
 
 
 def save_tokens(path: str, tokens: np.ndarray, codebook: np.ndarray, metadata: dict) -> None:
@@ -145,7 +146,8 @@ def _variables(state: train_lib.TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, beta: Array, *,
+def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array,
+                  prior_weight: Array, *,
                   config: ml_collections.ConfigDict) -> dict[str, Array]:
   """Encodes one batch, quantizes the posterior means, decodes both ways.
 
@@ -153,7 +155,7 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, b
     state: a GQ train state.
     images: (B, H, W, 3) in [0, 1].
     codebook: (K, m) codewords.
-    beta: scalar prior weight of the quantization rule.
+    prior_weight: scalar prior weight of the quantization rule.
     config: the run's config (static).
 
   Returns:
@@ -165,12 +167,13 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array, b
   model = train_lib.build_model(config)
   group = config.quantizer.group_size
   variables = _variables(state)
-  mu, logvar = gq.posterior(model.apply(variables, images, False, method=model.encode),
-                            config.quantizer.latent_channels)
+  mu, logvar = model.quantizer.posterior(model.apply(variables, images, False,
+                                                     method=model.encode))
   std = jnp.exp(0.5 * logvar)
-  tokens = gq.quantize(mu.reshape(-1, group), std.reshape(-1, group), codebook, beta=beta)
+  tokens = gq_codebook.quantize(mu.reshape(-1, group), std.reshape(-1, group), codebook,
+                                prior_weight=prior_weight)
   tokens = tokens.reshape(mu.shape[:-1] + (mu.shape[-1] // group,))
-  z_q = gq.dequantize(tokens, codebook).reshape(mu.shape)
+  z_q = gq_codebook.dequantize(tokens, codebook).reshape(mu.shape)
   gaussian = model.apply(variables, mu, False, method=model.decode)
   vq = model.apply(variables, z_q, False, method=model.decode)
   per_image = lambda x: jnp.sum(jnp.square(x - images), axis=(1, 2, 3))
@@ -183,7 +186,7 @@ def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
                  config: ml_collections.ConfigDict) -> Array:
   """(B, h, w, c/m) tokens -> (B, H, W, 3) images (codeword look-up, then the decoder)."""
   model = train_lib.build_model(config)
-  z_q = gq.dequantize(tokens, codebook)
+  z_q = gq_codebook.dequantize(tokens, codebook)
   z_q = z_q.reshape(tokens.shape[:-1] + (tokens.shape[-1] * codebook.shape[-1],))
   return model.apply(_variables(state), z_q, False, method=model.decode)
 
@@ -192,8 +195,8 @@ def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
 
 
 def converts(config: ml_collections.ConfigDict) -> bool:
-  """Whether a run's config is one this offline conversion applies to (a GQ run)."""
-  return methods.get(config.method).quantizer_module() is gq
+  """Whether a run's config is one this offline conversion applies to: a Gaussian posterior."""
+  return methods.make_quantizer(config).posterior is not None
 
 
 def restore_gq_run(workdir: str):
@@ -208,15 +211,16 @@ def restore_gq_run(workdir: str):
   return evaluation.restore_run(workdir)
 
 
-def _check_flags(codebook_seed, beta, sampler, split, num_images) -> None:
+def _check_flags(codebook_seed, prior_weight, sampler, split, num_images) -> None:
   if isinstance(codebook_seed, bool) or not isinstance(codebook_seed, (int, np.integer)) \
       or codebook_seed < 0:
     raise ConversionError(f"--codebook_seed={codebook_seed!r}: need an integer >= 0.")
-  if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-    raise ConversionError(f"--beta={beta!r}: need a finite number >= 0 (the prior weight; 1.0"
-                          " by default, 2.0 keeps more codes in use at low rates).")
-  if sampler not in gq.SAMPLERS:
-    raise ConversionError(f"--sampler={sampler!r}; allowed: {', '.join(gq.SAMPLERS)}.")
+  if not (isinstance(prior_weight, (int, float)) and math.isfinite(prior_weight)
+          and prior_weight >= 0):
+    raise ConversionError(f"--prior_weight={prior_weight!r}: need a finite number >= 0 (2.0"
+                          " keeps more codes in use at low rates).")
+  if sampler not in gq_codebook.SAMPLERS:
+    raise ConversionError(f"--sampler={sampler!r}; allowed: {', '.join(gq_codebook.SAMPLERS)}.")
   if split not in SPLITS:
     raise ConversionError(f"--split={split!r}; allowed: {', '.join(SPLITS)}.")
   if num_images < 0:
@@ -272,9 +276,9 @@ def kl_percentiles(counts: np.ndarray, maximum: float,
 
 
 @workdir_lock.locked("tokenizing")
-def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | None = None,
-            sampler: str | None = None, split: str = "test", batch_size: int | None = None,
-            num_images: int = 16) -> dict[str, Any]:
+def convert(workdir: str, *, codebook_seed: int | None = None,
+            prior_weight: float | None = None, sampler: str | None = None, split: str = "test",
+            batch_size: int | None = None, num_images: int = 16) -> dict[str, Any]:
   """The offline GQ step on the latest checkpoint of `workdir`.
 
   Samples the codebook, quantizes the posterior means of `split`, decodes the
@@ -286,8 +290,8 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
 
   Args:
     workdir: a GQ training run.
-    codebook_seed, beta, sampler: default to the run's `quantizer.codebook_seed`,
-      `quantizer.beta` and `quantizer.codebook_sampler`.
+    codebook_seed, prior_weight, sampler: default to the run's
+      `quantizer.codebook_seed`, `quantizer.prior_weight` and `quantizer.codebook_sampler`.
     split: 'test' (the held-out split evaluation uses) or 'train' (TFDS only).
     batch_size: images per device call; default the run's eval_batch_size.
     num_images: images in the picture.
@@ -297,18 +301,18 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
   """
   config, state, dataset = restore_gq_run(workdir)
   q = config.quantizer
-  codebook_seed = q.get("codebook_seed", 0) if codebook_seed is None else codebook_seed
-  beta = q.get("beta", 1.0) if beta is None else beta
-  sampler = q.get("codebook_sampler", "sobol") if sampler is None else sampler
+  codebook_seed = q.codebook_seed if codebook_seed is None else codebook_seed
+  prior_weight = q.prior_weight if prior_weight is None else prior_weight
+  sampler = q.codebook_sampler if sampler is None else sampler
   batch_size = config.eval_batch_size if batch_size is None else batch_size
-  _check_flags(codebook_seed, beta, sampler, split, num_images)
+  _check_flags(codebook_seed, prior_weight, sampler, split, num_images)
   if batch_size < 1:
     raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
   num_codes = 2**q.log2_codebook_size
-  codebook = gq.sample_codebook(int(codebook_seed), num_codes, q.group_size, sampler)
+  codebook = gq_codebook.sample_codebook(int(codebook_seed), num_codes, q.group_size, sampler)
 
   step_fn = jax.jit(functools.partial(convert_batch, config=config))
-  device_codebook, device_beta = jnp.asarray(codebook), jnp.float32(beta)
+  device_codebook, device_prior_weight = jnp.asarray(codebook), jnp.float32(prior_weight)
   hist_bins = int(math.ceil(4 * q.log2_codebook_size / HISTOGRAM_BIN_BITS)) + 1
   histogram = np.zeros(hist_bins + 1, np.int64)  # Last bin: everything above.
   totals = dict(squared_gaussian=0.0, squared_vq=0.0, kl_sum=0.0, within=0)
@@ -316,7 +320,7 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
   token_batches, rows = [], [[], [], []]
   for images, _, real in pipeline.padded_batches(_split_batches(dataset, split, batch_size),
                                                  batch_size):
-    out = jax.device_get(step_fn(state, images, device_codebook, device_beta))
+    out = jax.device_get(step_fn(state, images, device_codebook, device_prior_weight))
     bits = np.asarray(out["kl_bits"][:real], np.float64)
     token_batches.append(np.asarray(out["tokens"][:real]))
     totals["squared_gaussian"] += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
@@ -337,7 +341,7 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
   mse_gaussian = totals["squared_gaussian"] / num_values
   mse_vq = totals["squared_vq"] / num_values
   counts = np.bincount(tokens.ravel(), minlength=num_codes)
-  bpp = gq.bits_per_pixel(tokens.shape[1:3], q.latent_channels, q.group_size,
+  bpp = gq_codebook.bits_per_pixel(tokens.shape[1:3], q.latent_dim, q.group_size,
                           q.log2_codebook_size, dataset.image_shape[:2])
   report = dict(
       psnr_gaussian=float(metrics_lib.psnr(mse_gaussian)),
@@ -364,12 +368,12 @@ def convert(workdir: str, *, codebook_seed: int | None = None, beta: float | Non
       step=int(state.step),
       codebook_seed=int(codebook_seed),
       sampler=sampler,
-      beta=float(beta),
+      prior_weight=float(prior_weight),
   )
   metadata = dict(
       version=TOKEN_FILE_VERSION, tokens_shape=list(tokens.shape), codebook_size=num_codes,
-      group_size=int(q.group_size), latent_channels=int(q.latent_channels),
-      codebook_seed=int(codebook_seed), sampler=sampler, beta=float(beta), bpp=bpp,
+      group_size=int(q.group_size), latent_dim=int(q.latent_dim),
+      codebook_seed=int(codebook_seed), sampler=sampler, prior_weight=float(prior_weight), bpp=bpp,
       split=split, step=int(state.step), image_shape=list(dataset.image_shape))
   tokens_dir = os.path.join(workdir, TOKENS_SUBDIR)
   os.makedirs(tokens_dir, exist_ok=True)

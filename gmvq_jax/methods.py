@@ -1,8 +1,9 @@
 """The method registry: each method's quantizer module and the overrides of its defaults.
 
 `config.method` names one of `NAMES`. A quantizer module (gmvq_jax/quantizers/)
-exports `Config` (a frozen dataclass: its fields and the only home of their
-defaults, `Config.sized(num_codes, latent_dim)` those of one size),
+exports `Config` (a frozen dataclass on one of `interface`'s config bases: its
+fields and the only home of their defaults, `Config.sized(num_codes,
+latent_dim)` those of one size, `Config.renamed` its fields' older names),
 `check(q, num_steps)` (problems of its fields) and `make(config, *, num_steps,
 axis_name)` (its `interface.Quantizer`). Nothing outside this file and those
 modules asks which method a config runs.
@@ -125,8 +126,12 @@ def check(config: ml_collections.ConfigDict) -> list[interface.Problem]:
   known = [field.name for field in dataclasses.fields(module.Config)]
   unknown = [name for name in config.quantizer if name not in known]
   if unknown:
-    return [(f"quantizer.{unknown[0]}", config.quantizer[unknown[0]],
-             f"not a field of {config.method!r} (its fields: {', '.join(known)})")]
+    field = unknown[0]
+    if field in module.Config.renamed:
+      allowed = f"the field is now quantizer.{module.Config.renamed[field]}"
+    else:
+      allowed = f"not a field of {config.method!r} (its fields: {', '.join(known)})"
+    return [(f"quantizer.{field}", config.quantizer[field], allowed)]
   return module.check(config.quantizer, config.num_steps)
 
 

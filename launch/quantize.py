@@ -1,4 +1,4 @@
-"""GQ's offline step: `python -m launch.quantize --workdir=DIR [--codebook_seed=S] [--beta=B] [--split=test]`.
+"""GQ's offline step: `python -m launch.quantize --workdir=DIR [--prior_weight=W] [--split=test]`.
 
 Restores the latest checkpoint of a GQ run, samples the N(0, I) codebook,
 quantizes the posterior means of the split and writes DIR/tokens/<split>.npz
@@ -20,10 +20,9 @@ from launch import common
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a GQ training run.")
 _SEED = flags.DEFINE_integer("codebook_seed", None,
                              "Codebook seed; default the run's quantizer.codebook_seed.")
-_BETA = flags.DEFINE_float("beta", None,
-                           "Prior weight of the quantization rule (the paper's omega); default"
-                           " the run's quantizer.beta (1.0). 2.0 keeps more codes in use at low"
-                           " rates.")
+_PRIOR_WEIGHT = flags.DEFINE_float(
+    "prior_weight", None, "Prior weight of the quantization rule (the paper's omega); default the"
+    " run's quantizer.prior_weight. 2.0 keeps more codes in use at low rates.")
 _SAMPLER = flags.DEFINE_enum("sampler", None, ["sobol", "normal"],
                              "Codebook sampler; default the run's quantizer.codebook_sampler.")
 _SPLIT = flags.DEFINE_enum("split", "test", list(conversion.SPLITS),
@@ -39,8 +38,8 @@ def main(argv):
   common.setup_logging()
   with common.user_errors():
     report = conversion.convert(
-        _WORKDIR.value, codebook_seed=_SEED.value, beta=_BETA.value, sampler=_SAMPLER.value,
-        split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)
+        _WORKDIR.value, codebook_seed=_SEED.value, prior_weight=_PRIOR_WEIGHT.value,
+        sampler=_SAMPLER.value, split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)
   summary = {k: v for k, v in report.items() if k != "kl_bits_histogram"}
   print(json.dumps(summary, indent=2))
   print("Wrote", os.path.join(_WORKDIR.value, conversion.TOKENS_SUBDIR, f"{_SPLIT.value}.npz"),

@@ -13,6 +13,15 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gmvq_jax.quantizers import bsq
 
+# The module's Config is the one home of the hyperparameters' defaults.
+CONFIG = bsq.Config(log2_codebook_size=4)
+_quantize = functools.partial(bsq.quantize, entropy_weight=CONFIG.entropy_weight,
+                              per_sample_weight=CONFIG.per_sample_weight,
+                              codebook_weight=CONFIG.codebook_weight, commitment=CONFIG.commitment,
+                              inv_temperature=CONFIG.inv_temperature)
+_entropy_terms = functools.partial(bsq.entropy_terms, inv_temperature=CONFIG.inv_temperature)
+
+
 N, L = 32, 6
 
 
@@ -37,7 +46,7 @@ def _numpy_full_entropies(u, inv_temperature):
 class BSQTest(parameterized.TestCase):
 
   def test_shapes_finiteness_and_gradients_under_jit(self):
-    quantize = jax.jit(bsq.quantize)
+    quantize = jax.jit(_quantize)
     z_q, aux = quantize(None, _z())
     chex.assert_shape(z_q, (N, L))
     chex.assert_shape(aux["indices"], (N,))
@@ -53,7 +62,7 @@ class BSQTest(parameterized.TestCase):
 
   def test_output_on_the_sphere_with_values_plus_minus_inv_sqrt_l(self):
     z = _z(1)
-    z_q, aux = jax.jit(bsq.quantize)(None, z)
+    z_q, aux = jax.jit(_quantize)(None, z)
     np.testing.assert_allclose(jnp.linalg.norm(z_q, axis=-1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(jnp.abs(z_q), 1.0 / math.sqrt(L), rtol=1e-6)
     z_np = np.asarray(z)
@@ -70,7 +79,7 @@ class BSQTest(parameterized.TestCase):
 
   def test_quantized_code_is_the_nearest_corner(self):
     z = _z(2, l=4)
-    z_q, _ = bsq.quantize(None, z)
+    z_q, _ = _quantize(None, z)
     corners = bsq.indices_to_codes(jnp.arange(16), 4)
     u = np.asarray(bsq.l2_normalize(z))
     nearest = np.argmin(np.sum((u[:, None] - np.asarray(corners)[None]) ** 2, -1), -1)
@@ -79,7 +88,7 @@ class BSQTest(parameterized.TestCase):
   def test_straight_through_gradient_is_identity_after_normalisation(self):
     z = _z(3)
     weights = jax.random.normal(jax.random.key(4), (N, L))
-    got = jax.grad(lambda z: jnp.sum(bsq.quantize(None, z)[0] * weights))(z)
+    got = jax.grad(lambda z: jnp.sum(_quantize(None, z)[0] * weights))(z)
     expected = jax.grad(lambda z: jnp.sum(bsq.l2_normalize(z) * weights))(z)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     self.assertGreater(float(jnp.max(jnp.abs(got))), 1e-3)
@@ -88,7 +97,7 @@ class BSQTest(parameterized.TestCase):
   def test_factorised_entropies_against_the_full_distribution(self, inv_temperature):
     u = bsq.l2_normalize(_z(5, l=4))
     per_sample, codebook_entropy, avg = jax.jit(functools.partial(
-        bsq.entropy_terms, inv_temperature=inv_temperature))(u)
+        _entropy_terms, inv_temperature=inv_temperature))(u)
     exact_ps, exact_cb = _numpy_full_entropies(u, inv_temperature)
     # Per-sample entropy factorises exactly.
     np.testing.assert_allclose(per_sample, exact_ps, rtol=1e-5)
@@ -101,10 +110,10 @@ class BSQTest(parameterized.TestCase):
 
   def test_loss_composition(self):
     z = _z(6)
-    _, aux = bsq.quantize(None, z, entropy_weight=0.3, per_sample_weight=0.5, codebook_weight=2.0,
+    _, aux = _quantize(None, z, entropy_weight=0.3, per_sample_weight=0.5, codebook_weight=2.0,
                           commitment=0.7, inv_temperature=2.0)
     u = bsq.l2_normalize(z)
-    per_sample, codebook_entropy, _ = bsq.entropy_terms(u, inv_temperature=2.0)
+    per_sample, codebook_entropy, _ = _entropy_terms(u, inv_temperature=2.0)
     hard = jnp.where(u > 0, 1.0, -1.0) / math.sqrt(L)
     commitment = jnp.mean(jnp.sum((u - hard) ** 2, -1))
     np.testing.assert_allclose(aux["commitment_loss"], commitment, rtol=1e-5)
@@ -113,9 +122,9 @@ class BSQTest(parameterized.TestCase):
 
   def test_zero_vector_stays_finite(self):
     z = jnp.zeros((2, L))
-    z_q, aux = bsq.quantize(None, z)
+    z_q, aux = _quantize(None, z)
     def objective(z):
-      z_q, aux = bsq.quantize(None, z)
+      z_q, aux = _quantize(None, z)
       return jnp.sum(z_q) + aux["loss"]
 
     grad = jax.grad(objective)(z)
@@ -128,7 +137,7 @@ class BSQTest(parameterized.TestCase):
     z = _z(7, n=32, l=5)
 
     def terms(z, axis_name):
-      _, aux = bsq.quantize(None, z, inv_temperature=5.0, axis_name=axis_name)
+      _, aux = _quantize(None, z, inv_temperature=5.0, axis_name=axis_name)
       return aux["per_sample_entropy"], aux["codebook_entropy"]
 
     one = jax.jit(functools.partial(terms, axis_name=None))(z)

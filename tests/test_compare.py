@@ -362,8 +362,8 @@ class ConfigTest(absltest.TestCase):
         with self.assertRaisesRegex(config_checks.ConfigError, message):
           comparison.compare(config, workdir)
     config = _smoke_config(methods.NAMES)
-    config.quantizers.lfq.num_bits = 0
-    with self.assertRaisesRegex(config_checks.ConfigError, "method 'lfq'.*num_bits=0"):
+    config.quantizers.lfq.log2_codebook_size = 0
+    with self.assertRaisesRegex(config_checks.ConfigError, "method 'lfq'.*log2_codebook_size=0"):
       comparison.compare(config, workdir)
     self.assertFalse(os.path.exists(workdir))
 

@@ -17,6 +17,7 @@ from gmvq_jax import evaluation
 from gmvq_jax import metric_writers
 from gmvq_jax import train_lib
 from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 import tiny_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,11 +105,11 @@ class ConversionTest(absltest.TestCase):
     self.assertTrue(np.all((tokens >= 0) & (tokens < 2**q.log2_codebook_size)))
     # The stored codebook is the one the recorded seed and sampler regenerate.
     np.testing.assert_array_equal(
-        codebook, gq.sample_codebook(metadata["codebook_seed"], metadata["codebook_size"],
-                                     metadata["group_size"], metadata["sampler"]))
+        codebook, gq_codebook.sample_codebook(metadata["codebook_seed"], metadata["codebook_size"],
+                                              metadata["group_size"], metadata["sampler"]))
     self.assertEqual(metadata["tokens_shape"], [12, 4, 4, 2])
-    self.assertEqual((metadata["codebook_seed"], metadata["sampler"], metadata["beta"]),
-                     (q.codebook_seed, q.codebook_sampler, q.beta))
+    self.assertEqual((metadata["codebook_seed"], metadata["sampler"], metadata["prior_weight"]),
+                     (q.codebook_seed, q.codebook_sampler, q.prior_weight))
     self.assertAlmostEqual(metadata["bpp"], self.report["bpp"])
     with Image.open(os.path.join(self.workdir, conversion.PICTURE_NAME)) as picture:
       width, height = picture.size
@@ -121,10 +122,11 @@ class ConversionTest(absltest.TestCase):
     images = np.concatenate(list(dataset.eval_batches(8)))
     mu, logvar = gq.posterior(
         model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, False,
-                    method=model.encode), self.config.quantizer.latent_channels)
+                    method=model.encode), self.config.quantizer.latent_dim)
     m = self.config.quantizer.group_size
-    expected = gq.quantize(np.asarray(mu).reshape(-1, m),
-                           np.exp(0.5 * np.asarray(logvar)).reshape(-1, m), codebook)
+    expected = gq_codebook.quantize(np.asarray(mu).reshape(-1, m),
+                                    np.exp(0.5 * np.asarray(logvar)).reshape(-1, m), codebook,
+                                    prior_weight=self.config.quantizer.prior_weight)
     np.testing.assert_array_equal(tokens.reshape(-1), np.asarray(expected))
 
   def test_convert_is_deterministic_and_seed_changes_codebook(self):
@@ -132,13 +134,14 @@ class ConversionTest(absltest.TestCase):
     shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
     again = conversion.convert(workdir, num_images=5)
     self.assertEqual(json.dumps(again), json.dumps(self.report))
-    other = conversion.convert(workdir, codebook_seed=7, beta=2.0, sampler="normal", num_images=0)
+    other = conversion.convert(workdir, codebook_seed=7, prior_weight=2.0,
+                               sampler="normal", num_images=0)
     _, codebook, metadata = conversion.load_tokens(os.path.join(workdir, "tokens", "test.npz"))
     _, first_codebook, _ = conversion.load_tokens(self.tokens_path)
     self.assertFalse(np.array_equal(codebook, first_codebook))
-    self.assertEqual((metadata["codebook_seed"], metadata["sampler"], metadata["beta"]),
+    self.assertEqual((metadata["codebook_seed"], metadata["sampler"], metadata["prior_weight"]),
                      (7, "normal", 2.0))
-    self.assertEqual((other["codebook_seed"], other["beta"]), (7, 2.0))
+    self.assertEqual((other["codebook_seed"], other["prior_weight"]), (7, 2.0))
 
   def test_decode_reproduces_the_vq_reconstructions(self):
     output = os.path.join(self._tmpdir(), "decoded.npz")
@@ -208,7 +211,7 @@ class ConversionTest(absltest.TestCase):
 
   def test_bad_flags_fail_before_anything_is_written(self):
     before = tiny_configs.snapshot(self.workdir)
-    for kwargs, message in ((dict(beta=-1.0), "--beta=-1.0"),
+    for kwargs, message in ((dict(prior_weight=-1.0), "--prior_weight=-1.0"),
                             (dict(codebook_seed=-2), "--codebook_seed=-2"),
                             (dict(sampler="halton"), "--sampler='halton'"),
                             (dict(split="validation"), "--split='validation'"),
@@ -245,11 +248,12 @@ class ConversionTest(absltest.TestCase):
   def test_launchers_quantize_and_decode(self):
     workdir = self._tmpdir()
     shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
-    quantize = _run("launch.quantize", f"--workdir={workdir}", "--codebook_seed=3", "--beta=2")
+    quantize = _run("launch.quantize", f"--workdir={workdir}", "--codebook_seed=3",
+                    "--prior_weight=2")
     self.assertEqual(quantize.returncode, 0, quantize.stderr[-3000:])
     with open(os.path.join(workdir, conversion.REPORT_NAME)) as f:
       report = json.load(f)
-    self.assertEqual((report["codebook_seed"], report["beta"]), (3, 2.0))
+    self.assertEqual((report["codebook_seed"], report["prior_weight"]), (3, 2.0))
     tokens_path = os.path.join(workdir, "tokens", "test.npz")
     decode = _run("launch.decode", f"--workdir={workdir}", f"--tokens={tokens_path}")
     self.assertEqual(decode.returncode, 0, decode.stderr[-3000:])

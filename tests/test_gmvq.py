@@ -13,6 +13,16 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gmvq_jax.quantizers import gmvq
 
+# The module's Config is the one home of the hyperparameters' defaults.
+CONFIG = gmvq.Config(num_codes=16, latent_dim=4)
+_quantize = functools.partial(gmvq.quantize, sigma_z2=CONFIG.sigma_z2)
+_albo_loss = functools.partial(gmvq.albo_loss, objective=CONFIG.objective,
+                               latent_reg=CONFIG.latent_reg)
+_temperature_schedule = functools.partial(gmvq.temperature_schedule, tau_0=CONFIG.tau_0,
+                                          tau_min=CONFIG.tau_min,
+                                          anneal_fraction=CONFIG.anneal_fraction)
+
+
 N, C, L = 48, 16, 6
 
 
@@ -46,7 +56,7 @@ class QuantizeTest(parameterized.TestCase):
 
   def test_shapes_and_finiteness(self):
     zh, raw, codebook = _inputs()
-    z, aux = jax.jit(functools.partial(gmvq.quantize, temperature=0.7))(
+    z, aux = jax.jit(functools.partial(_quantize, temperature=0.7))(
         codebook, zh, raw, rng=jax.random.key(3))
     chex.assert_shape(z, (N, L))
     chex.assert_shape([aux["probs"], aux["codes"], aux["log_probs"]], (N, C))
@@ -58,7 +68,7 @@ class QuantizeTest(parameterized.TestCase):
 
   def test_training_latent_is_codeword_plus_adaptive_noise(self):
     zh, raw, codebook = _inputs()
-    z, aux = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(3), sigma_z2=0.25)
+    z, aux = _quantize(codebook, zh, raw, rng=jax.random.key(3), sigma_z2=0.25)
     chosen = codebook[aux["indices"]]
     np.testing.assert_allclose(aux["code_vectors"], chosen, rtol=1e-6, atol=1e-6)
     # Eq. 18: s2 = ||zh - M_c||^2 / (2 L sigma_z2).
@@ -94,14 +104,14 @@ class QuantizeTest(parameterized.TestCase):
   def test_per_row_keys_make_noise_independent_of_batch_split(self):
     zh, raw, codebook = _inputs()
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(9), i))(jnp.arange(N))
-    whole, _ = gmvq.quantize(codebook, zh, raw, rng=keys)
-    halves = [gmvq.quantize(codebook, zh[s], raw[s], rng=keys[s])[0]
+    whole, _ = _quantize(codebook, zh, raw, rng=keys)
+    halves = [_quantize(codebook, zh[s], raw[s], rng=keys[s])[0]
               for s in (slice(0, N // 2), slice(N // 2, N))]
     np.testing.assert_allclose(whole, jnp.concatenate(halves), rtol=1e-6, atol=1e-6)
 
   def test_evaluation_is_deterministic_noise_free_argmax(self):
     zh, raw, codebook = _inputs()
-    evaluate = jax.jit(functools.partial(gmvq.quantize, train=False))
+    evaluate = jax.jit(functools.partial(_quantize, train=False))
     z1, aux1 = evaluate(codebook, zh, raw)
     z2, _ = evaluate(codebook, zh, raw, rng=jax.random.key(123))
     np.testing.assert_array_equal(z1, z2)
@@ -112,18 +122,18 @@ class QuantizeTest(parameterized.TestCase):
 
   def test_concatenated_encoder_output_interface(self):
     zh, raw, codebook = _inputs()
-    z_split, aux_split = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(4))
-    z_joint, aux_joint = gmvq.quantize(codebook, jnp.concatenate([zh, raw], -1),
+    z_split, aux_split = _quantize(codebook, zh, raw, rng=jax.random.key(4))
+    z_joint, aux_joint = _quantize(codebook, jnp.concatenate([zh, raw], -1),
                                        rng=jax.random.key(4))
     np.testing.assert_array_equal(z_joint, z_split)
     np.testing.assert_array_equal(aux_joint["indices"], aux_split["indices"])
     with self.assertRaisesRegex(ValueError, "2L"):
-      gmvq.quantize(codebook, zh, rng=jax.random.key(4))
+      _quantize(codebook, zh, rng=jax.random.key(4))
 
   def test_train_requires_rng(self):
     zh, raw, codebook = _inputs()
     with self.assertRaisesRegex(ValueError, "rng"):
-      gmvq.quantize(codebook, zh, raw, train=True)
+      _quantize(codebook, zh, raw, train=True)
 
 
 class LossTest(parameterized.TestCase):
@@ -140,14 +150,14 @@ class LossTest(parameterized.TestCase):
 
   def _loss_inputs(self, seed=0):
     zh, raw, codebook = _inputs(seed)
-    z, aux = gmvq.quantize(codebook, zh, raw, rng=jax.random.key(seed))
+    z, aux = _quantize(codebook, zh, raw, rng=jax.random.key(seed))
     images = jax.random.uniform(jax.random.key(seed + 1), (3, 4, 4, 3))
     recon = jax.random.uniform(jax.random.key(seed + 2), (3, 4, 4, 3))
     return images, recon, z, aux, codebook
 
   def test_albo_terms(self):
     images, recon, z, aux, codebook = self._loss_inputs()
-    loss, terms = gmvq.albo_loss(images, recon, z, aux, codebook, beta=2.0, gamma=0.5)
+    loss, terms = _albo_loss(images, recon, z, aux, codebook, beta=2.0, gamma=0.5)
     qbar = jnp.mean(aux["probs"], 0)
     num_images = images.shape[0]
     positions = z.shape[0] // num_images
@@ -165,7 +175,7 @@ class LossTest(parameterized.TestCase):
   def test_per_image_sums_times_batch_are_elementwise_sums(self):
     """recon_loss * B and latent_reg * B are the plain sums over all pixels / vectors."""
     images, recon, z, aux, codebook = self._loss_inputs()
-    _, terms = gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0)
+    _, terms = _albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0)
     num_images = images.shape[0]
     per_image_recon = jnp.sum((images - recon) ** 2, axis=(1, 2, 3))
     per_vector_reg = jnp.sum((z - aux["code_vectors"]) ** 2, axis=-1)
@@ -183,9 +193,9 @@ class LossTest(parameterized.TestCase):
     codebook = jnp.asarray(rng.normal(size=(codes, dim)), jnp.float32)
 
     def loss_terms(images, recon, zh, raw):
-      z, aux = gmvq.quantize(codebook, zh.reshape(-1, dim), raw.reshape(-1, dim), train=False)
+      z, aux = _quantize(codebook, zh.reshape(-1, dim), raw.reshape(-1, dim), train=False)
       z = z + 0.1  # A non-zero latent term.
-      return gmvq.albo_loss(images, recon, z, aux, codebook, beta=3.0, gamma=0.7)
+      return _albo_loss(images, recon, z, aux, codebook, beta=3.0, gamma=0.7)
 
     images = jnp.asarray(rng.uniform(size=(num_images, 32, 32, 3)), jnp.float32)
     recon = jnp.asarray(rng.uniform(size=(num_images, 32, 32, 3)), jnp.float32)
@@ -203,7 +213,7 @@ class LossTest(parameterized.TestCase):
 
   def test_elbo_and_aggregated_variants(self):
     images, recon, z, aux, codebook = self._loss_inputs()
-    loss_fn = functools.partial(gmvq.albo_loss, images, recon, z, aux, codebook, beta=1.0,
+    loss_fn = functools.partial(_albo_loss, images, recon, z, aux, codebook, beta=1.0,
                                 gamma=1.0)
     _, elbo = loss_fn(objective="elbo")
     per_vector = jnp.sum(aux["probs"] * jnp.log(aux["probs"]), -1) + math.log(C)
@@ -220,9 +230,9 @@ class LossTest(parameterized.TestCase):
   def test_rejects_unknown_variants(self):
     images, recon, z, aux, codebook = self._loss_inputs()
     with self.assertRaisesRegex(ValueError, "objective"):
-      gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, objective="vae")
+      _albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, objective="vae")
     with self.assertRaisesRegex(ValueError, "latent_reg"):
-      gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, latent_reg="mean")
+      _albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0, latent_reg="mean")
 
   def test_qbar_is_global_across_devices(self):
     """4 devices with a quarter of the vectors each see the 1-device loss and gradient."""
@@ -234,8 +244,8 @@ class LossTest(parameterized.TestCase):
 
     def loss_and_grad(zh, raw, images, recon, axis_name):
       def loss_fn(zh):
-        z, aux = gmvq.quantize(codebook, zh, raw, train=False)
-        return gmvq.albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0,
+        z, aux = _quantize(codebook, zh, raw, train=False)
+        return _albo_loss(images, recon, z, aux, codebook, beta=1.0, gamma=1.0,
                               axis_name=axis_name)[0]
       loss, grad = jax.value_and_grad(loss_fn)(zh)
       return loss if axis_name is None else jax.lax.pmean(loss, axis_name), grad
@@ -257,7 +267,7 @@ class LossTest(parameterized.TestCase):
 class TemperatureTest(parameterized.TestCase):
 
   def test_endpoints_and_monotone(self):
-    schedule = functools.partial(gmvq.temperature_schedule, total_steps=1000)
+    schedule = functools.partial(_temperature_schedule, total_steps=1000)
     self.assertAlmostEqual(float(schedule(0)), 2.0, places=5)
     self.assertAlmostEqual(float(schedule(800)), 0.1, places=4)
     self.assertAlmostEqual(float(schedule(1000)), 0.1, places=6)

@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 
 T = 4.0  # log2 K for K = 16.
 ALPHA = 0.5
@@ -27,19 +28,19 @@ def _posterior(seed, n, m, k):
   return mu, std, codebook
 
 
-def _direct_scores(mu, std, codebook, beta):
-  """sum_j [log N(c_kj; mu_j, var_j) - beta log N(c_kj; 0, 1)] as an (N, K, m) tensor, float64."""
+def _direct_scores(mu, std, codebook, prior_weight):
+  """sum_j [log N(c_kj; mu_j, var_j) - w log N(c_kj; 0, 1)] as an (N, K, m) tensor, float64."""
   mu, var, c = (np.asarray(a, np.float64) for a in (mu, np.square(std), codebook))
   c = c[None]  # (1, K, m)
   log_post = -0.5 * np.log(2 * np.pi * var[:, None]) - (c - mu[:, None]) ** 2 / (2 * var[:, None])
   log_prior = -0.5 * np.log(2 * np.pi) - c ** 2 / 2
-  return np.sum(log_post - beta * log_prior, axis=-1)  # (N, K)
+  return np.sum(log_post - prior_weight * log_prior, axis=-1)  # (N, K)
 
 
 class QuantizeTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      # (n, m, k, beta, tile_size)
+      # (n, m, k, prior_weight, tile_size)
       (1, 1, 16, 1.0, None),
       (3, 4, 16, 0.0, 64),  # Tile larger than K.
       (7, 4, 100, 1.0, 32),  # K not a multiple of the tile.
@@ -48,13 +49,14 @@ class QuantizeTest(parameterized.TestCase):
       (7, 16, 256, 0.0, 1),
       (64, 4, 256, 1.0, None),
   )
-  def test_matches_direct_formula(self, n, m, k, beta, tile_size):
+  def test_matches_direct_formula(self, n, m, k, prior_weight, tile_size):
     mu, std, codebook = _posterior(n * 1000 + k, n, m, k)
-    fn = jax.jit(functools.partial(gq.quantize, beta=beta, tile_size=tile_size))
+    fn = jax.jit(functools.partial(gq_codebook.quantize, prior_weight=prior_weight,
+                                   tile_size=tile_size))
     got = np.asarray(fn(mu, std, codebook))
     chex.assert_shape(got, (n,))
     self.assertEqual(got.dtype, np.int32)
-    scores = _direct_scores(mu, std, codebook, beta)
+    scores = _direct_scores(mu, std, codebook, prior_weight)
     want = np.argmax(scores, axis=-1)
     # Where the best two scores are closer than float32 can tell apart, either
     # answer is right; everywhere else the index must match exactly.
@@ -71,7 +73,7 @@ class QuantizeTest(parameterized.TestCase):
     """Duplicate rows inside one tile and across tiles (and padding) both resolve to the first."""
     mu, std, distinct = _posterior(5, 9, 3, 4)
     codebook = np.tile(distinct, (6, 1))  # K = 24; row r equals rows r + 4, r + 8, ...
-    fn = jax.jit(functools.partial(gq.quantize, tile_size=tile_size))
+    fn = jax.jit(functools.partial(gq_codebook.quantize, prior_weight=1.0, tile_size=tile_size))
     got = np.asarray(fn(mu, std, codebook))
     np.testing.assert_array_equal(got, np.argmax(_direct_scores(mu, std, distinct, 1.0), -1))
     # The winning codeword planted only at late positions is found there.
@@ -82,8 +84,9 @@ class QuantizeTest(parameterized.TestCase):
 
   def test_dequantize_returns_codebook_rows(self):
     mu, std, codebook = _posterior(2, 50, 4, 100)
-    indices = jax.jit(functools.partial(gq.quantize, tile_size=32))(mu, std, codebook)
-    rows = jax.jit(gq.dequantize)(indices, codebook)
+    indices = jax.jit(functools.partial(gq_codebook.quantize, prior_weight=1.0, tile_size=32))(
+        mu, std, codebook)
+    rows = jax.jit(gq_codebook.dequantize)(indices, codebook)
     chex.assert_shape(rows, (50, 4))
     np.testing.assert_array_equal(rows, codebook[np.asarray(indices)])
     self.assertTrue(bool(jnp.all((indices >= 0) & (indices < 100))))
@@ -91,9 +94,9 @@ class QuantizeTest(parameterized.TestCase):
   def test_bad_shapes_raise(self):
     mu, std, codebook = _posterior(0, 4, 3, 8)
     with self.assertRaisesRegex(ValueError, "must both be"):
-      gq.quantize(mu[:, :2], std[:, :2], codebook)
+      gq_codebook.quantize(mu[:, :2], std[:, :2], codebook, prior_weight=1.0)
     with self.assertRaisesRegex(ValueError, "tile_size"):
-      gq.quantize(mu, std, codebook, tile_size=0)
+      gq_codebook.quantize(mu, std, codebook, prior_weight=1.0, tile_size=0)
 
 
 class KLBitsTest(absltest.TestCase):
@@ -117,7 +120,8 @@ class KLBitsTest(absltest.TestCase):
 
 def _update(kl, state=None, **kw):
   state = gq.init_tdc_state() if state is None else state
-  fn = jax.jit(functools.partial(gq.tdc_update, log2_codebook_size=T, tolerance=ALPHA, **kw))
+  fn = jax.jit(functools.partial(gq.tdc_update, log2_codebook_size=T, tolerance=ALPHA, factor=F,
+                                 **kw))
   return fn(state, jnp.asarray(kl, jnp.float32))
 
 
@@ -219,7 +223,7 @@ class TDCMultiDeviceTest(absltest.TestCase):
     kw = dict(log2_codebook_size=T, tolerance=ALPHA)
 
     def step(state, kl, axis_name):
-      return (gq.tdc_update(state, kl, axis_name=axis_name, **kw),
+      return (gq.tdc_update(state, kl, factor=F, axis_name=axis_name, **kw),
               gq.tdc_metrics(kl, state, axis_name=axis_name, **kw))
 
     sharded = {
@@ -255,39 +259,42 @@ class SampleCodebookTest(parameterized.TestCase):
 
   @parameterized.parameters("sobol", "normal")
   def test_reproducible_and_normal(self, sampler):
-    codebook = gq.sample_codebook(7, 4096, 4, sampler=sampler)
+    codebook = gq_codebook.sample_codebook(7, 4096, 4, sampler=sampler)
     chex.assert_shape(codebook, (4096, 4))
     self.assertEqual(codebook.dtype, np.float32)
     self.assertTrue(np.all(np.isfinite(codebook)))
-    np.testing.assert_array_equal(codebook, gq.sample_codebook(7, 4096, 4, sampler=sampler))
-    self.assertFalse(np.array_equal(codebook, gq.sample_codebook(8, 4096, 4, sampler=sampler)))
+    sample = functools.partial(gq_codebook.sample_codebook, codebook_size=4096, group_size=4,
+                               sampler=sampler)
+    np.testing.assert_array_equal(codebook, sample(7))
+    self.assertFalse(np.array_equal(codebook, sample(8)))
     np.testing.assert_allclose(codebook.mean(0), 0.0, atol=0.05)
     np.testing.assert_allclose(codebook.std(0), 1.0, atol=0.05)
     self.assertLess(abs(np.corrcoef(codebook.T)[0, 1]), 0.05)
 
   def test_samplers_differ(self):
-    self.assertFalse(np.array_equal(gq.sample_codebook(0, 64, 2, "sobol"),
-                                    gq.sample_codebook(0, 64, 2, "normal")))
+    self.assertFalse(np.array_equal(gq_codebook.sample_codebook(0, 64, 2, "sobol"),
+                                    gq_codebook.sample_codebook(0, 64, 2, "normal")))
 
   def test_sobol_is_more_even_than_iid(self):
     """Quasi-random: the first moments of a Sobol codebook are far closer to N(0, 1)."""
-    sobol = gq.sample_codebook(3, 1024, 2, "sobol")
-    iid = gq.sample_codebook(3, 1024, 2, "normal")
+    sobol = gq_codebook.sample_codebook(3, 1024, 2, "sobol")
+    iid = gq_codebook.sample_codebook(3, 1024, 2, "normal")
     self.assertLess(np.abs(sobol.mean(0)).max(), 0.01)
     self.assertGreater(np.abs(iid.mean(0)).max(), np.abs(sobol.mean(0)).max())
 
   def test_validation(self):
     with self.assertRaisesRegex(ValueError, "K >= 2"):
-      gq.sample_codebook(0, 1, 4)
+      gq_codebook.sample_codebook(0, 1, 4, "sobol")
     with self.assertRaisesRegex(ValueError, "m >= 1"):
-      gq.sample_codebook(0, 16, 0)
+      gq_codebook.sample_codebook(0, 16, 0, "sobol")
     with self.assertRaisesRegex(ValueError, "sampler"):
-      gq.sample_codebook(0, 16, 4, sampler="halton")
+      gq_codebook.sample_codebook(0, 16, 4, sampler="halton")
     with self.assertRaisesRegex(ValueError, "seed"):
-      gq.sample_codebook(None, 16, 4)
+      gq_codebook.sample_codebook(None, 16, 4, "sobol")
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
-      codebook = gq.sample_codebook(0, 100, 3)  # Not a power of two: allowed, with scipy's warning.
+      # Not a power of two: allowed, with scipy's warning.
+      codebook = gq_codebook.sample_codebook(0, 100, 3, "sobol")
     chex.assert_shape(codebook, (100, 3))
     self.assertTrue(any("power of 2" in str(w.message) for w in caught))
 
@@ -299,14 +306,15 @@ class StraightThroughTest(absltest.TestCase):
     mu = rng.normal(size=(2, 3, 3, 8)).astype(np.float32)
     logvar = rng.uniform(-2, 0, size=mu.shape).astype(np.float32)
     eps = rng.normal(size=mu.shape).astype(np.float32)
-    codebook = gq.sample_codebook(0, 32, 4)
+    codebook = gq_codebook.sample_codebook(0, 32, 4, "sobol")
     weights = rng.normal(size=mu.shape).astype(np.float32)
-    ste = jax.jit(functools.partial(gq.quantize_ste, group_size=4, beta=1.5, tile_size=8))
+    ste = jax.jit(functools.partial(gq.quantize_ste, group_size=4, prior_weight=1.5, tile_size=8))
 
     z = ste(mu, logvar, eps, codebook)
     chex.assert_shape(z, mu.shape)
     std = np.exp(0.5 * logvar)
-    indices = gq.quantize(mu.reshape(-1, 4), std.reshape(-1, 4), codebook, beta=1.5)
+    indices = gq_codebook.quantize(mu.reshape(-1, 4), std.reshape(-1, 4), codebook,
+                                   prior_weight=1.5)
     np.testing.assert_array_equal(z, codebook[np.asarray(indices)].reshape(mu.shape))
 
     def ste_objective(mu, logvar):
@@ -332,13 +340,13 @@ class BitsPerPixelTest(absltest.TestCase):
   def test_examples(self):
     # ImageNet-256, f8 (32 x 32 latents), c = 16 channels as one m = 16 token
     # of 16 bits per position: 1024 * 16 bits / 65536 pixels = 0.25 bpp.
-    self.assertEqual(gq.bits_per_pixel((32, 32), 16, 16, 16, (256, 256)), 0.25)
+    self.assertEqual(gq_codebook.bits_per_pixel((32, 32), 16, 16, 16, (256, 256)), 0.25)
     # Same grid, c = 32 split into two tokens of K = 2^12: 1024 * 2 * 12 / 65536.
-    self.assertEqual(gq.bits_per_pixel(32, 32, 16, 12, 256), 0.375)
+    self.assertEqual(gq_codebook.bits_per_pixel(32, 32, 16, 12, 256), 0.375)
     # f16 (16 x 16), c = 64 as 16 tokens of m = 4, K = 2^8: 256 * 16 * 8 / 65536.
-    self.assertEqual(gq.bits_per_pixel((16, 16), 64, 4, 8, (256, 256)), 0.5)
+    self.assertEqual(gq_codebook.bits_per_pixel((16, 16), 64, 4, 8, (256, 256)), 0.5)
     with self.assertRaisesRegex(ValueError, "divisor"):
-      gq.bits_per_pixel(32, 16, 5, 16, 256)
+      gq_codebook.bits_per_pixel(32, 16, 5, 16, 256)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from gmvq_jax import config_checks
 from gmvq_jax import parallel
 from gmvq_jax import train_lib
 from gmvq_jax.quantizers import gq
+from gmvq_jax.quantizers import gq_codebook
 import tiny_configs
 
 
@@ -104,8 +105,9 @@ class GQTrainingTest(absltest.TestCase):
     # The forward value is the codeword of each token's posterior mean.
     m = config.quantizer.group_size
     codebook = gq.config_codebook(config.quantizer)
-    indices = gq.quantize(aux["mu"].reshape(-1, m), jnp.exp(0.5 * aux["logvar"]).reshape(-1, m),
-                          codebook, beta=config.quantizer.beta)
+    indices = gq_codebook.quantize(aux["mu"].reshape(-1, m),
+                                   jnp.exp(0.5 * aux["logvar"]).reshape(-1, m), codebook,
+                                   prior_weight=config.quantizer.prior_weight)
     np.testing.assert_array_equal(np.asarray(z).reshape(-1, m), codebook[np.asarray(indices)])
     # And it trains: the encoder still gets gradients through the Gaussian sample.
     _, trained = _trajectory("jit", config, self.state, self.dataset, 2)
@@ -129,7 +131,7 @@ class GQTrainingTest(absltest.TestCase):
       self.assertEqual((q.group_size, q.log2_codebook_size), (group_size, 16))
       side = config.image_size // 8  # f8
       self.assertEqual(config.image_size // (2 ** len(config.model.channels)), side)
-      bpp = gq.bits_per_pixel(side, q.latent_channels, q.group_size, q.log2_codebook_size,
+      bpp = gq_codebook.bits_per_pixel(side, q.latent_dim, q.group_size, q.log2_codebook_size,
                               config.image_size)
       self.assertAlmostEqual(bpp, float(rate))
     with self.assertRaisesRegex(ValueError, "0.25, 0.5, 1.0"):

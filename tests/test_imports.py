@@ -8,7 +8,8 @@ from absl.testing import absltest
 
 from gmvq_jax import methods
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gmvq_jax")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "gmvq_jax")
 
 
 def _modules():
@@ -77,6 +78,32 @@ class ImportGraphTest(absltest.TestCase):
         for number, line in enumerate(f, 1):
           if pattern.search(line):
             offenders.append(f"{name}:{number}: {line.strip()}")
+    self.assertEqual(offenders, [])
+
+  def test_no_comparison_with_a_method_or_module_name_outside_the_registry(self):
+    """`if config.method == 'gmvq'`-style branches belong in the method's Quantizer record."""
+    names = set(methods.NAMES) | {method.module for method in methods.METHODS.values()}
+    offenders = []
+    for folder in ("gmvq_jax", "launch", "experiments", "configs"):
+      for root, _, files in os.walk(os.path.join(ROOT, folder)):
+        for file_name in files:
+          path = os.path.join(root, file_name)
+          relative = os.path.relpath(path, ROOT)
+          if (not file_name.endswith(".py") or relative == os.path.join("gmvq_jax", "methods.py")
+              or relative.startswith(os.path.join("gmvq_jax", "quantizers"))):
+            continue
+          with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+          for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+              operands = [node.left, *node.comparators]
+              strings = {o.value for o in operands
+                         if isinstance(o, ast.Constant) and isinstance(o.value, str)}
+              for o in operands:  # `x in ("gq", "gmvq")`
+                if isinstance(o, (ast.Tuple, ast.List, ast.Set)):
+                  strings |= {e.value for e in o.elts if isinstance(e, ast.Constant)}
+              if strings & names:
+                offenders.append(f"{relative}:{node.lineno}")
     self.assertEqual(offenders, [])
 
 

@@ -13,6 +13,14 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gmvq_jax.quantizers import lfq
 
+# The module's Config is the one home of the hyperparameters' defaults.
+CONFIG = lfq.Config(log2_codebook_size=4)
+_quantize = functools.partial(lfq.quantize, entropy_weight=CONFIG.entropy_weight,
+                              diversity_weight=CONFIG.diversity_weight,
+                              commitment=CONFIG.commitment, inv_temperature=CONFIG.inv_temperature)
+_entropy_terms = functools.partial(lfq.entropy_terms, inv_temperature=CONFIG.inv_temperature)
+
+
 N, L = 32, 6
 
 
@@ -39,7 +47,7 @@ def _numpy_entropies(z, inv_temperature):
 class LFQTest(parameterized.TestCase):
 
   def test_shapes_finiteness_and_gradients_under_jit(self):
-    quantize = jax.jit(lfq.quantize)
+    quantize = jax.jit(_quantize)
     z_q, aux = quantize(None, _z())
     chex.assert_shape(z_q, (N, L))
     chex.assert_shape(aux["indices"], (N,))
@@ -55,7 +63,7 @@ class LFQTest(parameterized.TestCase):
   def test_signs_and_indices_match_numpy(self):
     z = _z(1)
     z = z.at[0, 0].set(0.0)  # sign(0) is bit 0, value -1.
-    z_q, aux = jax.jit(lfq.quantize)(None, z)
+    z_q, aux = jax.jit(_quantize)(None, z)
     z_np = np.asarray(z)
     np.testing.assert_array_equal(z_q, np.where(z_np > 0, 1.0, -1.0))
     self.assertEqual(float(z_q[0, 0]), -1.0)
@@ -73,14 +81,14 @@ class LFQTest(parameterized.TestCase):
   def test_straight_through_gradient_is_identity(self):
     z = _z(2)
     weights = jax.random.normal(jax.random.key(3), (N, L))
-    grad = jax.grad(lambda z: jnp.sum(lfq.quantize(None, z)[0] * weights))(z)
+    grad = jax.grad(lambda z: jnp.sum(_quantize(None, z)[0] * weights))(z)
     np.testing.assert_allclose(grad, weights, rtol=1e-6)
 
   @parameterized.parameters(1.0, 100.0)
   def test_entropy_terms_match_brute_force(self, inv_temperature):
     z = 0.2 * _z(4, l=4)
     per_sample, codebook_entropy, avg = jax.jit(functools.partial(
-        lfq.entropy_terms, inv_temperature=inv_temperature))(z)
+        _entropy_terms, inv_temperature=inv_temperature))(z)
     expected_ps, expected_cb = _numpy_entropies(z, inv_temperature)
     np.testing.assert_allclose(per_sample, expected_ps, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(codebook_entropy, expected_cb, rtol=1e-4, atol=1e-6)
@@ -89,8 +97,8 @@ class LFQTest(parameterized.TestCase):
 
   def test_loss_composition(self):
     z = _z(5)
-    _, aux = lfq.quantize(None, z, entropy_weight=0.3, diversity_weight=2.0, commitment=0.5)
-    per_sample, codebook_entropy, _ = lfq.entropy_terms(z)
+    _, aux = _quantize(None, z, entropy_weight=0.3, diversity_weight=2.0, commitment=0.5)
+    per_sample, codebook_entropy, _ = _entropy_terms(z)
     commitment = jnp.mean((z - jnp.where(z > 0, 1.0, -1.0)) ** 2)
     np.testing.assert_allclose(aux["commitment_loss"], commitment, rtol=1e-6)
     np.testing.assert_allclose(
@@ -99,8 +107,8 @@ class LFQTest(parameterized.TestCase):
   def test_more_than_16_bits_needs_zero_entropy_weight(self):
     z = _z(6, n=4, l=17)
     with self.assertRaisesRegex(ValueError, "2\\^L"):
-      lfq.quantize(None, z)
-    z_q, aux = lfq.quantize(None, z, entropy_weight=0.0)
+      _quantize(None, z)
+    z_q, aux = _quantize(None, z, entropy_weight=0.0)
     chex.assert_shape(z_q, (4, 17))
     self.assertEqual(float(aux["codebook_entropy"]), 0.0)
 
@@ -110,7 +118,7 @@ class LFQTest(parameterized.TestCase):
     z = _z(7, n=32, l=5)
 
     def terms(z, axis_name):
-      _, aux = lfq.quantize(None, z, inv_temperature=3.0, axis_name=axis_name)
+      _, aux = _quantize(None, z, inv_temperature=3.0, axis_name=axis_name)
       return aux["per_sample_entropy"], aux["codebook_entropy"]
 
     one = jax.jit(functools.partial(terms, axis_name=None))(z)

@@ -43,11 +43,12 @@ class RegistryTest(parameterized.TestCase):
 
   def test_quantizer_configs_are_frozen_dataclasses_of_valid_defaults(self):
     for name in methods.NAMES:
-      config = methods.get(name).quantizer_module().Config.sized(16, 4)
+      module = methods.get(name).quantizer_module()
+      config = module.Config.sized(16, 4)
       field = dataclasses.fields(config)[0].name
       with self.assertRaises(dataclasses.FrozenInstanceError):
         setattr(config, field, 3)
-      self.assertEqual(config.validate(num_steps=10), [], name)
+      self.assertEqual(module.check(config, num_steps=10), [], name)
 
   def test_a_field_of_another_method_is_refused(self):
     config = _baseline_config("vqvae", **{"quantizer.beta": 10.0})
@@ -83,7 +84,8 @@ class RegistryTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("fsq_levels", "fsq", {"quantizer.levels": (1, 4)}, "quantizer.levels"),
-      ("lfq_too_many_bits", "lfq", {"quantizer.num_bits": 20}, "quantizer.num_bits=20"),
+      ("lfq_too_many_bits", "lfq", {"quantizer.log2_codebook_size": 20},
+       "quantizer.log2_codebook_size=20"),
       ("vq_commitment", "vqvae", {"quantizer.commitment": -1.0}, "quantizer.commitment=-1.0"),
       ("vq_replace_after", "vqvae_replace", {"quantizer.replace_after": 0},
        "quantizer.replace_after=0"),

@@ -12,6 +12,11 @@ import numpy as np
 
 from gmvq_jax.quantizers import sqvae
 
+# The module's Config is the one home of the hyperparameters' defaults.
+CONFIG = sqvae.Config(num_codes=16, latent_dim=4)
+_temperature_schedule = functools.partial(sqvae.temperature_schedule,
+                                          decay=CONFIG.temperature_decay)
+
 N, C, L = 48, 16, 6
 
 
@@ -24,7 +29,8 @@ def _inputs(seed=0, n=N, c=C, l=L, log_variance=math.log(0.5)):
 class SQVAETest(parameterized.TestCase):
 
   def test_init_params(self):
-    params = sqvae.init_params(jax.random.key(0), C, L)
+    params = sqvae.init_params(jax.random.key(0), C, L,
+                               log_variance_init=CONFIG.log_variance_init)
     chex.assert_shape(params["codebook"], (C, L))
     self.assertAlmostEqual(float(sqvae.variance(params)), 20.0, places=4)
     self.assertAlmostEqual(float(sqvae.variance(params, variance_offset=1.0)), 21.0, places=4)
@@ -111,9 +117,9 @@ class SQVAETest(parameterized.TestCase):
     self.assertGreater(float(aux["kl_discrete"]), math.log(C) - 0.05)  # near one-hot posteriors
 
   def test_temperature_schedule(self):
-    self.assertAlmostEqual(float(sqvae.temperature_schedule(0)), 1.0, places=6)
-    self.assertAlmostEqual(float(sqvae.temperature_schedule(100_000)), math.exp(-1.0), places=5)
-    self.assertAlmostEqual(float(sqvae.temperature_schedule(10**6, tau_min=0.2)), 0.2, places=6)
+    self.assertAlmostEqual(float(_temperature_schedule(0)), 1.0, places=6)
+    self.assertAlmostEqual(float(_temperature_schedule(100_000)), math.exp(-1.0), places=5)
+    self.assertAlmostEqual(float(_temperature_schedule(10**6, tau_min=0.2)), 0.2, places=6)
 
   def test_train_requires_rng(self):
     params, z = _inputs()

@@ -56,7 +56,8 @@ class TrainStepTest(parameterized.TestCase):
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           example_keys=keys, mutable=["batch_stats"])
       return gmvq.albo_loss(images, recon, aux["z"], aux, params["codebook"], beta=1.0,
-                            gamma=0.48)[0]
+                            gamma=0.48, objective=config.quantizer.objective,
+                            latent_reg=config.quantizer.latent_reg)[0]
 
     grads = jax.jit(jax.grad(loss_fn))(state.params)
     chex.assert_tree_all_finite(grads)

@@ -13,6 +13,12 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from gmvq_jax.quantizers import vq
 
+# The module's Config is the one home of the hyperparameters' defaults.
+CONFIG = vq.Config(num_codes=16, latent_dim=4)
+_quantize = functools.partial(vq.quantize, l2=CONFIG.l2, commitment=CONFIG.commitment)
+_codebook_update = functools.partial(vq.codebook_update, l2=CONFIG.l2)
+
+
 N, C, L = 32, 8, 4
 
 
@@ -56,7 +62,7 @@ class QuantizeTest(parameterized.TestCase):
   def test_indices_and_outputs_match_numpy_nearest_neighbour(self, l2, use_affine):
     codebook, z = _inputs()
     affine = _affine() if use_affine else None
-    z_q, aux = jax.jit(functools.partial(vq.quantize, l2=l2))(codebook, z, affine=affine)
+    z_q, aux = jax.jit(functools.partial(_quantize, l2=l2))(codebook, z, affine=affine)
     expected, codewords, _ = _numpy_nearest(codebook, z, l2=l2, affine=affine)
     chex.assert_shape(z_q, (N, L))
     chex.assert_shape([aux["codes"]], (N, C))
@@ -71,8 +77,8 @@ class QuantizeTest(parameterized.TestCase):
   def test_affine_changes_the_assignment(self):
     # Guards the affine test above against an affine that happens to be a no-op.
     codebook, z = _inputs()
-    _, plain = vq.quantize(codebook, z)
-    _, affine = vq.quantize(codebook, z, affine=_affine())
+    _, plain = _quantize(codebook, z)
+    _, affine = _quantize(codebook, z, affine=_affine())
     self.assertFalse(bool(jnp.all(plain["indices"] == affine["indices"])))
     identity = vq.init_affine(L)
     np.testing.assert_array_equal(identity["scale"], 1.0)
@@ -82,32 +88,32 @@ class QuantizeTest(parameterized.TestCase):
   @parameterized.parameters(True, False)
   def test_forward_value_is_exactly_the_codeword(self, train):
     codebook, z = _inputs()
-    z_q, aux = jax.jit(functools.partial(vq.quantize, train=train))(codebook, z)
+    z_q, aux = jax.jit(functools.partial(_quantize, train=train))(codebook, z)
     np.testing.assert_array_equal(z_q, np.asarray(codebook)[np.asarray(aux["indices"])])
     np.testing.assert_array_equal(z_q, aux["code_vectors"])
 
   def test_straight_through_gradient(self):
     codebook, z = _inputs()
     g = jax.random.normal(jax.random.key(5), (N, L))
-    read_out = jax.jit(jax.grad(lambda cb, z: jnp.sum(vq.quantize(cb, z)[0] * g), argnums=(0, 1)))
+    read_out = jax.jit(jax.grad(lambda cb, z: jnp.sum(_quantize(cb, z)[0] * g), argnums=(0, 1)))
     grad_codebook, grad_z = read_out(codebook, z)
     np.testing.assert_array_equal(grad_z, g)
     # The decoder's gradient does not reach the codebook (only the losses do).
     np.testing.assert_array_equal(grad_codebook, 0.0)
     # At evaluation there is no path to z.
-    eval_grad = jax.grad(lambda z: jnp.sum(vq.quantize(codebook, z, train=False)[0] * g))(z)
+    eval_grad = jax.grad(lambda z: jnp.sum(_quantize(codebook, z, train=False)[0] * g))(z)
     np.testing.assert_array_equal(eval_grad, 0.0)
 
   def test_l2_straight_through_goes_through_the_normalisation(self):
     codebook, z = _inputs()
     g = jax.random.normal(jax.random.key(5), (N, L))
-    got = jax.jit(jax.grad(lambda z: jnp.sum(vq.quantize(codebook, z, l2=True)[0] * g)))(z)
+    got = jax.jit(jax.grad(lambda z: jnp.sum(_quantize(codebook, z, l2=True)[0] * g)))(z)
     expected = jax.grad(lambda z: jnp.sum(z / jnp.linalg.norm(z, axis=-1, keepdims=True) * g))(z)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
   def test_float32_whatever_the_input_dtype(self):
     codebook, z = _inputs()
-    z_q, aux = jax.jit(vq.quantize)(codebook.astype(jnp.bfloat16), z.astype(jnp.bfloat16))
+    z_q, aux = jax.jit(_quantize)(codebook.astype(jnp.bfloat16), z.astype(jnp.bfloat16))
     self.assertEqual(z_q.dtype, jnp.float32)
     for key in ("codes", "code_vectors", "codebook_loss", "commitment_loss", "loss"):
       self.assertEqual(aux[key].dtype, jnp.float32, key)
@@ -117,7 +123,7 @@ class LossTest(parameterized.TestCase):
 
   def test_loss_values_are_element_means(self):
     codebook, z = _inputs()
-    _, aux = jax.jit(functools.partial(vq.quantize, commitment=0.5))(codebook, z)
+    _, aux = jax.jit(functools.partial(_quantize, commitment=0.5))(codebook, z)
     chosen = np.asarray(codebook)[np.asarray(aux["indices"])]
     expected = np.mean((np.asarray(z) - chosen) ** 2)
     np.testing.assert_allclose(aux["codebook_loss"], expected, rtol=1e-5)
@@ -128,10 +134,10 @@ class LossTest(parameterized.TestCase):
   def test_each_loss_reaches_only_its_side(self, term):
     codebook, z = _inputs()
     affine = _affine()
-    grads = jax.jit(jax.grad(lambda cb, z, a: vq.quantize(cb, z, affine=a)[1][term],
+    grads = jax.jit(jax.grad(lambda cb, z, a: _quantize(cb, z, affine=a)[1][term],
                              argnums=(0, 1, 2)))(codebook, z, affine)
     grad_codebook, grad_z, grad_affine = grads
-    _, aux = vq.quantize(codebook, z, affine=affine)
+    _, aux = _quantize(codebook, z, affine=affine)
     diff = np.asarray(z) - np.asarray(aux["code_vectors"])  # z - M_c, effective M
     used = np.zeros(C, bool)
     used[np.asarray(aux["indices"])] = True
@@ -164,7 +170,7 @@ class CodebookUpdateTest(parameterized.TestCase):
   def test_used_codes_move_to_cluster_means(self, use_affine, l2):
     codebook, z, indices = self._case()
     affine = _affine() if use_affine else None
-    new = jax.jit(functools.partial(vq.codebook_update, l2=l2))(codebook, z, indices, affine=affine)
+    new = jax.jit(functools.partial(_codebook_update, l2=l2))(codebook, z, indices, affine=affine)
     z_np = np.asarray(z, np.float64)
     if l2:
       z_np = z_np / np.linalg.norm(z_np, axis=-1, keepdims=True)
@@ -177,10 +183,10 @@ class CodebookUpdateTest(parameterized.TestCase):
   def test_same_on_four_devices_as_on_one(self):
     codebook, z, indices = self._case()
     affine = _affine()
-    one = jax.jit(vq.codebook_update)(codebook, z, indices, affine=affine)
+    one = jax.jit(_codebook_update)(codebook, z, indices, affine=affine)
 
     def per_device(codebook, z, indices, affine):
-      return vq.codebook_update(codebook, z, indices, affine=affine, axis_name="batch")[None]
+      return _codebook_update(codebook, z, indices, affine=affine, axis_name="batch")[None]
 
     four = _sharded(per_device, (P(), P("batch"), P("batch"), P()), P("batch"))(
         codebook, z, indices, affine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def indices_to_codes(indices: Array, num_bits: int) -> Array:
 
 
 def entropy_terms(
-    u: Array, *, inv_temperature: float = 1.0, axis_name: Any = None
+    u: Array, *, inv_temperature: float, axis_name: Any = None
 ) -> tuple[Array, Array, Array]:
   """BSQ's per-sample and codebook entropies, factorised over bits (Sec. 3).
 
@@ -76,11 +76,11 @@ def quantize(
     z: Array,
     *,
     rng: Array | None = None,
-    entropy_weight: float = 0.1,
-    per_sample_weight: float = 1.0,
-    codebook_weight: float = 1.0,
-    commitment: float = 0.0,
-    inv_temperature: float = 1.0,
+    entropy_weight: float,
+    per_sample_weight: float,
+    codebook_weight: float,
+    commitment: float,
+    inv_temperature: float,
     axis_name: Any = None,
     train: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
@@ -95,9 +95,7 @@ def quantize(
                            - codebook_weight * codebook_entropy) / inv_temperature
          + commitment * mean_n ||u_n - sg(u_hat_n)||^2
 
-  as in the BSQ reference code (gamma0 = gamma = 1, commitment beta = 0);
-  entropy_weight = 0.1 is the reference ImageNet configs' codebook-loss
-  weight, which multiplies the whole quantizer loss there.
+  as in the BSQ reference code.
 
   Args:
     params: unused (BSQ has no parameters; pass None).
@@ -144,29 +142,31 @@ def quantize(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
-  """BSQ's fields and defaults; num_bits is the latent width."""
+class Config(interface.BitsConfig):
+  """BSQ's fields and defaults; log2_codebook_size bits are the latent width.
 
-  num_bits: int
+  As the BSQ reference code: gamma0 = gamma = 1, commitment beta = 0, and
+  entropy_weight 0.1, the reference ImageNet configs' codebook-loss weight
+  (which multiplies the whole quantizer loss there).
+  """
+
+  renamed: ClassVar[Mapping[str, str]] = lfq.Config.renamed
   entropy_weight: float = 0.1
   inv_temperature: float = 1.0
   commitment: float = 0.0
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    del latent_dim  # log2(num_codes) bits per position.
-    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
+  per_sample_weight: float = 1.0
+  codebook_weight: float = 1.0
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:
   """Problems of the config fields as (field, value, what is allowed)."""
   del num_steps
   problems = lfq.check_bits(q)
-  if isinstance(q.get("num_bits"), int) and q.num_bits > 31:
-    problems.append(("quantizer.num_bits", q.num_bits, "must be <= 31 (int32 indices)"))
+  problems += interface.need_number(q, "per_sample_weight", 0.0)
+  problems += interface.need_number(q, "codebook_weight", 0.0)
+  bits = q.get("log2_codebook_size")
+  if isinstance(bits, int) and bits > 31:
+    problems.append(("quantizer.log2_codebook_size", bits, "must be <= 31 (int32 indices)"))
   return problems
 
 
@@ -177,10 +177,12 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
   def apply(params, z, *, rng, temperature, train):
     del rng, temperature
     return quantize(None, z, entropy_weight=q.entropy_weight,
+                    per_sample_weight=q.per_sample_weight, codebook_weight=q.codebook_weight,
                     commitment=q.commitment, inv_temperature=q.inv_temperature,
                     axis_name=axis_name, train=train)
 
+  bits = q.log2_codebook_size
   return interface.code_quantizer(
-      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
-      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      quantize=apply, encoder_width=bits, codebook_size=2**bits,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, bits),
       axis_name=axis_name)

@@ -181,9 +181,6 @@ class Config(interface.ConfigFields):
     del latent_dim
     return cls(levels=default_levels(num_codes))
 
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
-
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:
   """Problems of the config fields as (field, value, what is allowed)."""

@@ -82,7 +82,7 @@ def quantize(
     *,
     rng: Array | None = None,
     temperature: Array | float = 1.0,
-    sigma_z2: float = 1.0,
+    sigma_z2: float,
     train: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
   """GM-VQ forward pass.
@@ -203,8 +203,8 @@ def albo_loss(
     *,
     beta: float,
     gamma: float,
-    objective: str = "albo",
-    latent_reg: str = "sampled",
+    objective: str,
+    latent_reg: str,
     axis_name: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The GM-VQ loss (Eqs. 13-14) on the paper's scale, per image.
@@ -279,9 +279,9 @@ def temperature_schedule(
     step: Array | int,
     *,
     total_steps: int,
-    tau_0: float = 2.0,
-    tau_min: float = 0.1,
-    anneal_fraction: float = 0.8,
+    tau_0: float,
+    tau_min: float,
+    anneal_fraction: float,
 ) -> Array:
   """tau(t) = max(tau_min, tau_0 exp(-r t)), reaching tau_min at anneal_fraction * total_steps."""
   anneal_steps = max(anneal_fraction * total_steps, 1.0)
@@ -294,11 +294,10 @@ def temperature_schedule(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.KMeansConfig):
   """GM-VQ's fields and defaults: the single home of each."""
 
-  num_codes: int
-  latent_dim: int
+  kmeans_init: bool = True  # As the GM-VQ paper initialises every codebook (Sec. 5.1).
   beta: float = 1.0
   # Chosen on validation data with beta = 1, as the GM-VQ paper tunes it:
   # lowest mean validation MSE of 7 values x 3 seeds (experiments/gamma_sweep.py).
@@ -309,21 +308,10 @@ class Config(interface.ConfigFields):
   tau_0: float = 2.0
   tau_min: float = 0.1
   anneal_fraction: float = 0.8
-  kmeans_init: bool = True
-  kmeans_seeding: str = "kmeans++"
-  kmeans_iters: int = 20
-  kmeans_batches: int = 1
   kmeans_init_step: int = 0  # > 0: k-means again on the global batch of that step.
   # > 0: codes unchosen this many steps move onto the data. 20 won the
   # stranded-code ablation on validation data (experiments/dead_codes.py).
   recenter_after: int = 20
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    return cls(num_codes=num_codes, latent_dim=latent_dim)
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

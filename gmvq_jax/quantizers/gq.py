@@ -1,8 +1,8 @@
 """GQ: Gaussian Quant with the Target Divergence Constraint (TDC).
 
-Pure functions for ALGORITHMS.md §2 (paper 003): per-token KL in bits, the TDC
-loss and multiplier updates, the fixed N(0, I) codebook, and the tiled
-posterior-mean quantizer. No training-loop code lives here.
+Pure functions of the GQ paper (arXiv 2512.06609; docs/algorithms.md §2):
+per-token KL in bits, the TDC loss and multiplier updates, GQ's `Config` and
+`Quantizer`. The fixed codebook and its quantizer are in gq_codebook.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +18,12 @@ import numpy as np
 
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax.quantizers import common
+from gmvq_jax.quantizers import gq_codebook
 from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # ALGORITHMS.md §2: posterior logvar clip.
-SAMPLERS = ("sobol", "normal")
-DEFAULT_TILE_SIZE = 512  # Fastest measured on CPU with the max + min-where reduction.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # The posterior logvar clip.
 LOG2_E = 1.0 / math.log(2.0)
 LAM_CLIP = (1e-7, 1e7)
 LAM_MAX_CLIP = (1.0, 1e3)
@@ -50,19 +49,12 @@ def kl_bits(mu: Array, logvar: Array, group_size: int) -> Array:
     (..., c // m) float32 KL of each token in bits.
   """
   channels = mu.shape[-1]
-  _check_group_size(channels, group_size)
+  gq_codebook.check_group_size(channels, group_size)
   mu = mu.astype(jnp.float32)
   logvar = jnp.clip(logvar.astype(jnp.float32), LOGVAR_MIN, LOGVAR_MAX)
   per_channel = 0.5 * LOG2_E * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
   grouped = per_channel.reshape(*per_channel.shape[:-1], channels // group_size, group_size)
   return jnp.sum(grouped, axis=-1)
-
-
-def _check_group_size(channels: int, group_size: int) -> None:
-  if group_size < 1 or channels % group_size:
-    raise ValueError(
-        f"group_size={group_size} must be a positive divisor of the channel count "
-        f"{channels}: each token is {group_size} consecutive channels.")
 
 
 # ----------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def _tolerance_side(kl: Array, log2_codebook_size: Any, tolerance: Any) -> tuple
 
 
 def tdc_weights(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
-                tolerance: Any = 0.5) -> Array:
+                tolerance: Any) -> Array:
   """Per-token TDC weight: lam_max above T + alpha, lam_min below T - alpha, else 1.
 
   Args:
@@ -122,7 +114,7 @@ def tdc_weights(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
 
 
 def tdc_loss(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
-             tolerance: Any = 0.5) -> Array:
+             tolerance: Any) -> Array:
   """kl_loss = lam * mean over images of (sum over tokens of weight * R).
 
   Only R carries a gradient; lam and the weights are constants. The mean is
@@ -159,7 +151,7 @@ def _global_stats(kl_bits: Array, axis_name: Any) -> tuple[Array, Array, Array]:
 
 
 def tdc_update(state: TDCState, kl_bits: Array, *, log2_codebook_size: Any,
-               tolerance: Any = 0.5, factor: Any = 1.01, axis_name: Any = None) -> TDCState:
+               tolerance: Any, factor: Any, axis_name: Any = None) -> TDCState:
   """One multiplicative step of the three Lagrange multipliers (§2).
 
   lam     *= f if mean(R) > T          else /= f, clipped to [1e-7, 1e7]
@@ -198,7 +190,7 @@ def tdc_update(state: TDCState, kl_bits: Array, *, log2_codebook_size: Any,
 
 
 def tdc_metrics(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
-                tolerance: Any = 0.5, axis_name: Any = None) -> dict[str, Array]:
+                tolerance: Any, axis_name: Any = None) -> dict[str, Array]:
   """Rate statistics over the global batch, for logging.
 
   Args:
@@ -241,136 +233,7 @@ def tdc_metrics(kl_bits: Array, state: TDCState, *, log2_codebook_size: Any,
 
 
 # ----------------------------------------------------------------------------
-# Offline conversion: codebook, quantization, bitrate.
-
-
-def sample_codebook(seed: int, codebook_size: int, group_size: int,
-                    sampler: str = "sobol") -> np.ndarray:
-  """The fixed GQ codebook: K points of N(0, I_m), regenerable from `seed`.
-
-  'sobol': scrambled Sobol points in [0, 1)^m through the inverse normal CDF
-  (quasi-random normal). 'normal': i.i.d. N(0, 1) draws. Runs on the host in
-  float64 and rounds once to float32, so the same seed gives the same bits
-  for a given numpy/scipy version. Sobol's balance properties need K to be a
-  power of two; scipy warns (UserWarning) otherwise, and we let it.
-
-  Args:
-    seed: a non-negative integer, recorded with the tokens.
-    codebook_size: K >= 2.
-    group_size: m >= 1, the token dimension.
-    sampler: 'sobol' or 'normal'.
-
-  Returns:
-    (K, m) float32 numpy array.
-  """
-  # Imported here: only this offline step needs scipy.
-  from scipy import special
-  from scipy.stats import qmc
-
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed={seed!r}: need a non-negative int so the codebook can be regenerated.")
-  if codebook_size < 2:
-    raise ValueError(f"codebook_size={codebook_size}: need K >= 2 codewords.")
-  if group_size < 1:
-    raise ValueError(f"group_size={group_size}: need m >= 1 dimensions per codeword.")
-  if sampler not in SAMPLERS:
-    raise ValueError(f"sampler={sampler!r}; allowed: {SAMPLERS}.")
-  rng = np.random.default_rng(int(seed))
-  if sampler == "normal":
-    return rng.standard_normal((codebook_size, group_size)).astype(np.float32)
-  uniform = qmc.Sobol(d=group_size, scramble=True, seed=rng).random(codebook_size)
-  # A point at exactly 0 would map to -inf; the largest float64 below 1 is 1 - 2^-53.
-  tiny = np.finfo(np.float64).epsneg
-  uniform = np.clip(uniform, tiny, 1.0 - tiny)
-  return special.ndtri(uniform).astype(np.float32)
-
-
-def quantize(mu: Array, std: Array, codebook: Array, *, beta: Any = 1.0,
-             tile_size: int | None = None) -> Array:
-  """Index of the codeword that best explains each token's posterior (§2).
-
-  k* = argmax_k sum_j [log N(c_kj; mu_j, var_j) - beta log N(c_kj; 0, 1)]
-     = argmax_k [sum_j c_kj mu_j / var_j + 1/2 sum_j c_kj^2 (beta - 1/var_j)]
-
-  The second form is features [mu/var, (beta - 1/var)/2] (N, 2m) times
-  [c, c^2]^T (2m, K). It is evaluated tile by tile over K with a running
-  (max, argmax), so memory is O(N * tile + K m), never N x K. Ties go to the
-  lowest index, as `jnp.argmax` does: argmax within a tile picks the lowest,
-  and a later tile replaces the running best only when strictly greater.
-
-  Args:
-    mu: (N, m) posterior means.
-    std: (N, m) posterior standard deviations, > 0.
-    codebook: (K, m) codewords.
-    beta: weight of the prior term (the paper's omega); 2.0 at low bitrates.
-    tile_size: codewords per tile (static); default min(K, DEFAULT_TILE_SIZE).
-
-  Returns:
-    (N,) int32 indices in [0, K).
-  """
-  num_codes, dim = codebook.shape
-  if mu.ndim != 2 or mu.shape[-1] != dim or std.shape != mu.shape:
-    raise ValueError(
-        f"mu {mu.shape} and std {std.shape} must both be (N, {dim}) for a codebook "
-        f"of shape {codebook.shape}.")
-  tile_size = min(num_codes, DEFAULT_TILE_SIZE) if tile_size is None else int(tile_size)
-  if tile_size < 1:
-    raise ValueError(f"tile_size={tile_size}: need at least 1 codeword per tile.")
-  mu = mu.astype(jnp.float32)
-  inv_var = 1.0 / jnp.square(std.astype(jnp.float32))
-  beta = jnp.asarray(beta, jnp.float32)
-  features = jnp.concatenate([mu * inv_var, 0.5 * (beta - inv_var)], axis=-1)  # (N, 2m)
-  codebook = codebook.astype(jnp.float32)
-  code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)  # (K, 2m)
-
-  num_tiles = -(-num_codes // tile_size)
-  padding = num_tiles * tile_size - num_codes
-  code_features = jnp.pad(code_features, ((0, padding), (0, 0)))
-  tiles = code_features.reshape(num_tiles, tile_size, 2 * dim)
-  offsets = jnp.arange(num_tiles, dtype=jnp.int32) * tile_size
-
-  def scan_tile(carry, tile_and_offset):
-    best_score, best_index = carry
-    tile, offset = tile_and_offset
-    scores = jnp.dot(features, tile.T, precision=jax.lax.Precision.HIGHEST)  # (N, tile)
-    if padding:
-      # Padded rows (index >= K) must never win, whatever the features.
-      valid = offset + jnp.arange(tile_size, dtype=jnp.int32) < num_codes
-      scores = jnp.where(valid[None, :], scores, -jnp.inf)
-    # max, then the lowest index attaining it: the same result as argmax
-    # (ties to the lowest index), but two plain reductions; XLA:CPU's
-    # variadic argmax reduce was ~4x slower (benchmarks/gq_quantize.py).
-    tile_score = jnp.max(scores, axis=-1)
-    positions = jnp.arange(tile_size, dtype=jnp.int32)
-    tile_index = jnp.min(jnp.where(scores == tile_score[:, None], positions, tile_size), axis=-1)
-    tile_index = jnp.minimum(tile_index, tile_size - 1)  # NaN scores: stay in range.
-    better = tile_score > best_score  # Strict: ties keep the earlier (lower) index.
-    return (jnp.where(better, tile_score, best_score),
-            jnp.where(better, offset + tile_index, best_index)), None
-
-  num_tokens = features.shape[0]
-  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), jnp.zeros((num_tokens,), jnp.int32))
-  (_, indices), _ = jax.lax.scan(scan_tile, init, (tiles, offsets))
-  return indices
-
-
-def dequantize(indices: Array, codebook: Array) -> Array:
-  """Codewords of `indices`, by table look-up.
-
-  `jnp.take` rather than `one_hot(indices) @ codebook`: this is the offline
-  path on host-side or replicated indices, where a gather is O(N m) and the
-  one-hot product would be O(N K m). (STYLE.md: under explicit batch sharding
-  prefer the one-hot product.) An out-of-range index gives NaNs (take's
-  "fill" mode), which makes the error visible.
-
-  Args:
-    indices: (...) int indices in [0, K).
-    codebook: (K, m) codewords.
-
-  Returns:
-    (..., m) float32 codewords.
-  """
-  return jnp.take(codebook.astype(jnp.float32), indices, axis=0)
+# Straight-through training latent.
 
 
 def straight_through(z_gaussian: Array, z_quantized: Array) -> Array:
@@ -380,7 +243,7 @@ def straight_through(z_gaussian: Array, z_quantized: Array) -> Array:
 
 
 def quantize_ste(mu: Array, logvar: Array, eps: Array, codebook: Array, group_size: int, *,
-                 beta: Any = 1.0, tile_size: int | None = None) -> Array:
+                 prior_weight: Any, tile_size: int | None = None) -> Array:
   """The optional straight-through training latent (`ste=True`, §2).
 
   z_g = mu + sigma * eps is the plain Gaussian-VAE sample; z_q is the
@@ -393,14 +256,14 @@ def quantize_ste(mu: Array, logvar: Array, eps: Array, codebook: Array, group_si
     eps: (..., c) standard normal noise.
     codebook: (K, m) codewords.
     group_size: m; must divide c (tokens are m consecutive channels).
-    beta: prior weight of `quantize`.
-    tile_size: codeword tile of `quantize`.
+    prior_weight: of `gq_codebook.quantize`.
+    tile_size: codeword tile of `gq_codebook.quantize`.
 
   Returns:
     (..., c) float32 latents, the shape of mu.
   """
   channels = mu.shape[-1]
-  _check_group_size(channels, group_size)
+  gq_codebook.check_group_size(channels, group_size)
   if codebook.shape[-1] != group_size:
     raise ValueError(f"codebook {codebook.shape} does not hold {group_size}-dimensional codewords.")
   mu = mu.astype(jnp.float32)
@@ -409,78 +272,47 @@ def quantize_ste(mu: Array, logvar: Array, eps: Array, codebook: Array, group_si
   z_gaussian = mu + std * eps.astype(jnp.float32)
   tokens_mu = jax.lax.stop_gradient(mu).reshape(-1, group_size)
   tokens_std = jax.lax.stop_gradient(std).reshape(-1, group_size)
-  indices = quantize(tokens_mu, tokens_std, codebook, beta=beta, tile_size=tile_size)
-  z_quantized = dequantize(indices, codebook).reshape(mu.shape)
+  indices = gq_codebook.quantize(tokens_mu, tokens_std, codebook, prior_weight=prior_weight,
+                                 tile_size=tile_size)
+  z_quantized = gq_codebook.dequantize(indices, codebook).reshape(mu.shape)
   return straight_through(z_gaussian, z_quantized)
-
-
-def bits_per_pixel(latent_hw: int | Sequence[int], channels: int, group_size: int,
-                   log2_codebook_size: float, image_hw: int | Sequence[int]) -> float:
-  """bpp = h * w * (c / m) * log2(K) / (H * W).
-
-  Args:
-    latent_hw: (h, w) latent grid, or one int for a square grid.
-    channels: c latent channels.
-    group_size: m channels per token; must divide c.
-    log2_codebook_size: bits per token, log2 K.
-    image_hw: (H, W) image size, or one int for a square image.
-
-  Returns:
-    Python float, bits per image pixel.
-  """
-  _check_group_size(channels, group_size)
-  h, w = _pair(latent_hw)
-  height, width = _pair(image_hw)
-  return h * w * (channels // group_size) * float(log2_codebook_size) / (height * width)
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)):
-    return int(size), int(size)
-  first, second = size
-  return int(first), int(second)
 
 
 # ------------------------------------------------------------ the Quantizer
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.BitsConfig):
   """GQ's fields and defaults.
 
-  `sized`: c = m = 8 with K = 2^log2(num_codes): one token of log2 C bits
-  per latent position, the rate of a C-code VQ on the same grid.
+  latent_dim c latent channels in tokens of group_size m consecutive
+  channels, K = 2^log2_codebook_size codewords. `sized` keeps c = m = 8: one
+  token of log2 C bits per latent position, the rate of a C-code VQ on the
+  same grid. prior_weight is the paper's omega, the weight of the prior in
+  the quantization rule (gq_codebook.quantize).
   """
 
-  log2_codebook_size: int
-  latent_channels: int = 8
+  renamed: ClassVar[Mapping[str, str]] = {"beta": "prior_weight", "latent_channels": "latent_dim"}
+  latent_dim: int = 8
   group_size: int = 8
   tolerance: float = 0.5
   factor: float = 1.01
   kl_weight: float = 0.1
   codebook_seed: int = 0
   codebook_sampler: str = "sobol"
-  beta: float = 1.0
+  prior_weight: float = 1.0
   ste: bool = False
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    del latent_dim
-    return cls(log2_codebook_size=max(1, int(round(math.log2(num_codes)))))
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:
   """Problems of the config fields as (field, value, what is allowed)."""
   del num_steps
   need_int, need_number = interface.need_int, interface.need_number
-  problems = need_int(q, "latent_channels", 1)
+  problems = need_int(q, "latent_dim", 1)
   group = need_int(q, "group_size", 1)
-  if not problems and not group and q.latent_channels % q.group_size:
+  if not problems and not group and q.latent_dim % q.group_size:
     group = [("quantizer.group_size", q.group_size,
-              f"must divide quantizer.latent_channels={q.latent_channels} (tokens are groups of"
+              f"must divide quantizer.latent_dim={q.latent_dim} (tokens are groups of"
               " consecutive channels)")]
   problems += group
   problems += need_int(q, "log2_codebook_size", 1, " (K = 2^log2_codebook_size >= 2)")
@@ -489,19 +321,19 @@ def check(q: Any, num_steps: int) -> list[interface.Problem]:
   # weight is kl_weight (the GQ paper's baseline, experiments/tdc_spread.py).
   problems += need_number(q, "factor", 1.0) + need_number(q, "kl_weight", 0.0)
   problems += need_int(q, "codebook_seed", 0)
-  problems += interface.need_choice(q, "codebook_sampler", SAMPLERS)
-  return problems + need_number(q, "beta", 0.0) + interface.need_bool(q, "ste")
+  problems += interface.need_choice(q, "codebook_sampler", gq_codebook.SAMPLERS)
+  return problems + need_number(q, "prior_weight", 0.0) + interface.need_bool(q, "ste")
 
 
 def config_codebook(q: Any) -> np.ndarray:
   """The codebook a GQ config names: (K, m) float32, regenerated from its seed."""
-  return sample_codebook(q.codebook_seed, 2**q.log2_codebook_size, q.group_size,
-                         q.codebook_sampler)
+  return gq_codebook.sample_codebook(q.codebook_seed, 2**q.log2_codebook_size, q.group_size,
+                                     q.codebook_sampler)
 
 
-def posterior(z: Array, latent_channels: int) -> tuple[Array, Array]:
+def posterior(z: Array, latent_dim: int) -> tuple[Array, Array]:
   """The encoder grid (..., 2c) -> (mu, logvar), each (..., c), logvar clipped to [-30, 20]."""
-  mu, logvar = z[..., :latent_channels], z[..., latent_channels:]
+  mu, logvar = z[..., :latent_dim], z[..., latent_dim:]
   return mu, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
 
@@ -527,7 +359,7 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
   """GQ's Gaussian posterior under TDC as a `Quantizer`: it samples z in training and
   decodes the posterior mean at evaluation; `tokenize` is the offline conversion."""
   del num_steps
-  channels, group = q.latent_channels, q.group_size
+  channels, group = q.latent_dim, q.group_size
   tdc = dict(log2_codebook_size=q.log2_codebook_size, tolerance=q.tolerance)
 
   def apply(params, state, z, rng, step, train):
@@ -539,7 +371,8 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       eps = common.draw(jax.random.normal, rng, (batch * height * width, channels))
       eps = eps.reshape(mu.shape)
       if q.ste:  # Sampled on the host while tracing: a constant of the compiled step.
-        z = quantize_ste(mu, logvar, eps, jnp.asarray(config_codebook(q)), group, beta=q.beta)
+        z = quantize_ste(mu, logvar, eps, jnp.asarray(config_codebook(q)), group,
+                         prior_weight=q.prior_weight)
       else:
         z = mu + jnp.exp(0.5 * logvar) * eps
     return z, dict(mu=mu, logvar=logvar)
@@ -565,11 +398,12 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
     mu, logvar = posterior(z, channels)
     tokens = mu.reshape(-1, group)
     std = jnp.exp(0.5 * logvar).reshape(-1, group)
-    indices = quantize(tokens, std, jnp.asarray(config_codebook(q)), beta=q.beta)
+    indices = gq_codebook.quantize(tokens, std, jnp.asarray(config_codebook(q)),
+                                   prior_weight=q.prior_weight)
     return indices.reshape(mu.shape[:-1] + (channels // group,))
 
   def detokenize(params, indices):
-    z = dequantize(indices, jnp.asarray(config_codebook(q)))
+    z = gq_codebook.dequantize(indices, jnp.asarray(config_codebook(q)))
     return z.reshape(indices.shape[:-1] + (channels,))
 
   return interface.Quantizer(
@@ -580,4 +414,5 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       combine={"kl_bits_min": "min", "kl_bits_max": "max"},
       summarize=metrics_lib.summarize_gaussian_eval,
       progress=("loss", "recon", "kl_bits_mean", "lam"), encoder_points=None, set_codebook=None,
-      tokenize=tokenize, detokenize=detokenize)
+      tokenize=tokenize, detokenize=detokenize,
+      posterior=lambda z: posterior(z, channels))

@@ -30,8 +30,8 @@ def quantize(
     *,
     rng: Array | None = None,
     temperature: Array | float = 1.0,
-    hard: bool = True,
-    kl_weight: float = 5e-4,
+    hard: bool,
+    kl_weight: float,
     axis_name: Any = None,
     train: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
@@ -44,8 +44,7 @@ def quantize(
   decoder sees a convex mix of codewords. `z_q = codes @ codebook`.
   Evaluation: the noise-free argmax of the logits, `z_q = codebook[argmax]`.
 
-  loss = kl_weight * mean_n KL(q(c|x_n) || Uniform(C)), in both modes; 5e-4
-  is the KL weight of Karpathy (2021) and taming-transformers' GumbelQuantize.
+  loss = kl_weight * mean_n KL(q(c|x_n) || Uniform(C)), in both modes.
 
   Args:
     codebook: (C, L) codewords.
@@ -95,23 +94,14 @@ def quantize(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.CodebookConfig):
   """Gumbel-VQVAE's fields and defaults (temperature annealed 2.0 -> 0.1)."""
 
-  num_codes: int
-  latent_dim: int
-  kl_weight: float = 5e-4
+  kl_weight: float = 5e-4  # Karpathy (2021) and taming-transformers' GumbelQuantize.
   hard: bool = True
   tau_0: float = 2.0
   tau_min: float = 0.1
   anneal_fraction: float = 0.8
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    return cls(num_codes=num_codes, latent_dim=latent_dim)
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -8,7 +8,9 @@ they run.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,9 @@ class Quantizer(NamedTuple):
       (C, L) `centers`, or None.
     tokenize: `(params, z) -> indices` (B, h, w, tokens) int32, noise-free.
     detokenize: `(params, indices) -> z_q` (B, h, w, c).
+    posterior: `z -> (mu, logvar)`, each (B, h, w, c), for a Gaussian model
+      whose tokens come from an offline conversion of the trained run
+      (gmvq_jax.conversion); None for a quantizer that tokenizes as it trains.
   """
 
   encoder_width: int
@@ -71,6 +76,7 @@ class Quantizer(NamedTuple):
   set_codebook: Callable[[Any, Array], Any] | None
   tokenize: Callable[[Any, Array], Array]
   detokenize: Callable[[Any, Array], Array]
+  posterior: Callable[[Array], tuple[Array, Array]] | None = None
 
 
 CODE_PROGRESS = ("loss", "recon", "quantizer_loss", "batch_perplexity")
@@ -144,39 +150,44 @@ def code_eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array]
 
 
 # ------------------------------------------------------- checks of config fields
+# Each returns the problems of field `field` of node `q` (a config.quantizer,
+# or with `prefix` any node of a config): [] or one (name, value, allowed).
 
 
-def need_int(q: Any, field: str, minimum: int, why: str = "") -> list[Problem]:
+def need_int(q: Any, field: str, minimum: int, why: str = "",
+             prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   value = q[field]
   if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
     return []
-  return [(f"quantizer.{field}", value, f"must be an integer >= {minimum}{why}")]
+  return [(f"{prefix}{field}", value, f"must be an integer >= {minimum}{why}")]
 
 
-def need_number(q: Any, field: str, minimum: float, strict: bool = False) -> list[Problem]:
+def need_number(q: Any, field: str, minimum: float, strict: bool = False,
+                prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   value = q[field]
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   if ok and (value > minimum if strict else value >= minimum):
     return []
-  return [(f"quantizer.{field}", value, f"must be a number {'>' if strict else '>='} {minimum}")]
+  return [(f"{prefix}{field}", value, f"must be a number {'>' if strict else '>='} {minimum}")]
 
 
-def need_choice(q: Any, field: str, choices: tuple[str, ...]) -> list[Problem]:
+def need_choice(q: Any, field: str, choices: tuple[Any, ...],
+                prefix: str = "quantizer.") -> list[Problem]:
   if field not in q:
-    return [(f"quantizer.{field}", None, None)]
+    return [(f"{prefix}{field}", None, None)]
   if q[field] in choices:
     return []
-  return [(f"quantizer.{field}", q[field], f"allowed values are {choices}")]
+  return [(f"{prefix}{field}", q[field], f"allowed values are {choices}")]
 
 
-def need_bool(q: Any, field: str) -> list[Problem]:
+def need_bool(q: Any, field: str, prefix: str = "quantizer.") -> list[Problem]:
   if isinstance(q.get(field), bool):
     return []
-  return [(f"quantizer.{field}", q.get(field), "must be True or False")]
+  return [(f"{prefix}{field}", q.get(field), "must be True or False")]
 
 
 # ------------------------------------------- quantizers of one code per vector
@@ -265,13 +276,26 @@ def codebook_fields(q: Any) -> list[Problem]:
           + need_int(q, "latent_dim", 1))
 
 
+def bits_for(num_codes: int) -> int:
+  """log2 of the power of two nearest `num_codes` (at least 1): bits of one token."""
+  return max(1, int(round(math.log2(num_codes))))
+
+
+# ---------------------------------------------------- the config dataclasses' bases
+
+
+@dataclasses.dataclass(frozen=True)
 class ConfigFields:
   """Base of the quantizers' frozen config dataclasses: read by field name like a ConfigDict.
 
   A module's `Config` holds every field and default (`Config.sized(num_codes,
-  latent_dim)` the defaults of one size); `check` and `make` accept it or the
-  run's `config.quantizer` alike.
+  latent_dim)` the defaults of one size); its `check` and `make` accept it or
+  the run's `config.quantizer` alike. `renamed` maps a field name of an older
+  config version to its name now (gmvq_jax.config_version refuses saved runs
+  that use one).
   """
+
+  renamed: ClassVar[Mapping[str, str]] = {}
 
   def __contains__(self, name: str) -> bool:
     return name in self.__dataclass_fields__  # pytype: disable=attribute-error
@@ -281,3 +305,46 @@ class ConfigFields:
 
   def get(self, name: str, default: Any = None) -> Any:
     return getattr(self, name) if name in self else default
+
+
+@dataclasses.dataclass(frozen=True)
+class CodebookConfig(ConfigFields):
+  """A codebook of num_codes codewords of width latent_dim, sized as asked."""
+
+  num_codes: int
+  latent_dim: int
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "CodebookConfig":
+    return cls(num_codes=num_codes, latent_dim=latent_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansConfig(CodebookConfig):
+  """A codebook in the encoder's space, which k-means of encoder outputs can initialise.
+
+  kmeans_init: set the codebook to k-means of the first kmeans_batches
+  training batches' encoder outputs before the first step
+  (gmvq_jax.codebook_init), with kmeans_seeding and kmeans_iters Lloyd steps.
+  """
+
+  kmeans_init: bool = False
+  kmeans_seeding: str = "kmeans++"
+  kmeans_iters: int = 20
+  kmeans_batches: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BitsConfig(ConfigFields):
+  """Tokens of log2_codebook_size bits: 2^log2_codebook_size values each.
+
+  `sized` spends log2 of num_codes (rounded) bits per token: the rate of a
+  num_codes-code VQ with one token per position.
+  """
+
+  log2_codebook_size: int
+
+  @classmethod
+  def sized(cls, num_codes: int, latent_dim: int) -> "BitsConfig":
+    del latent_dim
+    return cls(log2_codebook_size=bits_for(num_codes))

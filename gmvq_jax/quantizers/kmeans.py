@@ -74,8 +74,8 @@ def kmeans(
     points: Array,
     *,
     num_clusters: int,
-    num_iters: int = 20,
-    seeding: str = "kmeans++",
+    num_iters: int,
+    seeding: str,
 ) -> Array:
   """k-means by Lloyd's algorithm.
 

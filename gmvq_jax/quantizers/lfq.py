@@ -7,8 +7,7 @@ codebook is {-1, 1}^L (2^L codes). Entropy penalty over the global batch.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,7 @@ def implicit_codebook(num_bits: int) -> Array:
 
 
 def entropy_terms(
-    z: Array, *, inv_temperature: float = 100.0, axis_name: Any = None
+    z: Array, *, inv_temperature: float, axis_name: Any = None
 ) -> tuple[Array, Array, Array]:
   """MAGVIT-v2's entropy statistics of the soft code assignment (Sec. 3.1).
 
@@ -67,8 +66,7 @@ def entropy_terms(
 
   Args:
     z: (N, L) pre-quantization latents, L <= MAX_ENTROPY_BITS.
-    inv_temperature: 1/tau of the soft assignment (100, as in the open
-      MAGVIT-v2 reimplementations; the paper does not state it).
+    inv_temperature: 1/tau of the soft assignment.
     axis_name: the named batch axis, or None on one device. Both terms are
       over the GLOBAL batch (equal shards per device assumed).
 
@@ -98,10 +96,10 @@ def quantize(
     z: Array,
     *,
     rng: Array | None = None,
-    entropy_weight: float = 0.1,
-    diversity_weight: float = 1.0,
-    commitment: float = 0.25,
-    inv_temperature: float = 100.0,
+    entropy_weight: float,
+    diversity_weight: float,
+    commitment: float,
+    inv_temperature: float,
     axis_name: Any = None,
     train: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
@@ -113,9 +111,8 @@ def quantize(
   loss = entropy_weight * (per_sample_entropy - diversity_weight * codebook_entropy)
          + commitment * mean((z - sg(z_q))^2)
 
-  The entropy penalty is MAGVIT-v2's (Sec. 3.1; weight 0.1 and the commitment
-  weight 0.25 as in the open MAGVIT-v2 reimplementations); minimising it makes
-  each vector's assignment confident and the batch's code usage uniform. The
+  The entropy penalty is MAGVIT-v2's (Sec. 3.1); minimising it makes each
+  vector's assignment confident and the batch's code usage uniform. The
   commitment term is a mean over vectors and channels.
 
   Args:
@@ -163,27 +160,25 @@ def quantize(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
-  """LFQ's fields and defaults; num_bits is the latent width."""
+class Config(interface.BitsConfig):
+  """LFQ's fields and defaults; log2_codebook_size sign bits are the latent width.
 
-  num_bits: int
+  The entropy weight 0.1, commitment 0.25 and inverse temperature 100 are
+  those of the open MAGVIT-v2 reimplementations (the paper states none).
+  """
+
+  renamed: ClassVar[Mapping[str, str]] = {"num_bits": "log2_codebook_size",
+                                           "commitment_weight": "commitment"}
   entropy_weight: float = 0.1
   diversity_weight: float = 1.0
   commitment: float = 0.25
   inv_temperature: float = 100.0
 
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    del latent_dim  # log2(num_codes) bits per position.
-    return cls(num_bits=max(1, int(round(math.log2(num_codes)))))
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
-
 
 def check_bits(q: Any) -> list[interface.Problem]:
   """Problems of the fields LFQ and BSQ share."""
-  return (interface.need_int(q, "num_bits", 1) + interface.need_number(q, "entropy_weight", 0.0)
+  return (interface.need_int(q, "log2_codebook_size", 1)
+          + interface.need_number(q, "entropy_weight", 0.0)
           + interface.need_number(q, "commitment", 0.0)
           + interface.need_number(q, "inv_temperature", 0.0, strict=True))
 
@@ -192,9 +187,9 @@ def check(q: Any, num_steps: int) -> list[interface.Problem]:
   """Problems of the config fields as (field, value, what is allowed)."""
   del num_steps
   problems = check_bits(q)
-  if q.get("entropy_weight") and isinstance(q.get("num_bits"), int) \
-      and q.num_bits > MAX_ENTROPY_BITS:
-    problems.append(("quantizer.num_bits", q.num_bits,
+  bits = q.get("log2_codebook_size")
+  if q.get("entropy_weight") and isinstance(bits, int) and bits > MAX_ENTROPY_BITS:
+    problems.append(("quantizer.log2_codebook_size", bits,
                      f"must be <= {MAX_ENTROPY_BITS} with an entropy penalty (LFQ forms"
                      " the full 2^L distribution); set entropy_weight=0 or use bsq"))
   return problems
@@ -211,6 +206,6 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
                     inv_temperature=q.inv_temperature, axis_name=axis_name, train=train)
 
   return interface.code_quantizer(
-      quantize=apply, encoder_width=q.num_bits, codebook_size=2**q.num_bits,
-      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.num_bits),
+      quantize=apply, encoder_width=q.log2_codebook_size, codebook_size=2**q.log2_codebook_size,
+      detokenize_flat=lambda params, indices: indices_to_codes(indices, q.log2_codebook_size),
       axis_name=axis_name)

@@ -74,11 +74,9 @@ def dropout_mask(rng: Array, vectors_per_example: int, num_stages: int) -> Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.CodebookConfig):
   """RVQ's fields and defaults; num_codes is per stage."""
 
-  num_codes: int
-  latent_dim: int
   num_stages: int = 2
   commitment: float = 0.25
   dropout: bool = False  # Quantizer dropout.
@@ -87,9 +85,6 @@ class Config(interface.ConfigFields):
   def sized(cls, num_codes: int, latent_dim: int) -> "Config":
     """2 stages of sqrt(num_codes) codes: the log2(num_codes) bits a position of one VQ."""
     return cls(num_codes=2**max(1, int(round(math.log2(num_codes) / 2))), latent_dim=latent_dim)
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -28,7 +28,7 @@ VARIANCE_FLOOR = 1e-10  # As the official code clamps s^2 before inverting it.
 
 
 def init_params(
-    rng: Array, num_codes: int, dim: int, *, log_variance_init: float = LOG_VARIANCE_INIT
+    rng: Array, num_codes: int, dim: int, *, log_variance_init: float
 ) -> dict[str, Array]:
   """The SQ-VAE parameters: a N(0, 1) codebook (as in the official code) and log s^2.
 
@@ -73,9 +73,9 @@ def logits(z: Array, codebook: Array, s2: Array | float) -> Array:
 
 
 def temperature_schedule(
-    step: Array | int, *, tau_0: float = 1.0, decay: float = 1e-5, tau_min: float = 0.0
+    step: Array | int, *, decay: float, tau_0: float = 1.0, tau_min: float = 0.0
 ) -> Array:
-  """tau(t) = max(tau_min, tau_0 exp(-decay t)): the official SQ-VAE schedule and defaults."""
+  """tau(t) = max(tau_min, tau_0 exp(-decay t)): the official SQ-VAE schedule (its tau_0, tau_min)."""
   step = jnp.asarray(step, jnp.float32)
   return jnp.maximum(tau_min, tau_0 * jnp.exp(-decay * step))
 
@@ -182,24 +182,11 @@ def quantize(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.KMeansConfig):
   """SQ-VAE's fields and defaults."""
 
-  num_codes: int
-  latent_dim: int
   log_variance_init: float = LOG_VARIANCE_INIT
-  temperature_decay: float = 1e-5
-  kmeans_init: bool = False
-  kmeans_seeding: str = "kmeans++"
-  kmeans_iters: int = 20
-  kmeans_batches: int = 1
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    return cls(num_codes=num_codes, latent_dim=latent_dim)
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
+  temperature_decay: float = 1e-5  # The official schedule's.
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -77,9 +77,9 @@ def quantize(
     codebook: Array,
     z: Array,
     *,
-    l2: bool = False,
+    l2: bool,
     affine: dict[str, Array] | None = None,
-    commitment: float = 0.25,
+    commitment: float,
     train: bool = True,
     rng: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
@@ -101,7 +101,7 @@ def quantize(
     affine: None, or `{'scale', 'shift'}` (L,) for +affine: codes are matched
       against `effective_codebook(codebook, affine)` (normalised after the
       affine map when `l2`).
-    commitment: weight of the commitment loss (0.25 in ALGORITHMS.md §3).
+    commitment: weight of the commitment loss.
     train: with False the output is the codeword itself, without the
       straight-through path to z; the forward value is the same.
     rng: unused (VQ is deterministic); accepted for the shared quantizer
@@ -154,7 +154,7 @@ def codebook_update(
     z: Array,
     indices: Array,
     *,
-    l2: bool = False,
+    l2: bool,
     affine: dict[str, Array] | None = None,
     axis_name: Any = None,
 ) -> Array:
@@ -291,28 +291,15 @@ def usage(indices: Array, num_codes: int, axis_name: Any = None) -> dict[str, Ar
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(interface.ConfigFields):
+class Config(interface.KMeansConfig):
   """VQ-VAE's fields and defaults (the registry's variants override the flags)."""
 
-  num_codes: int
-  latent_dim: int
   commitment: float = 0.25
   l2: bool = False
   affine: bool = False
   opt: bool = False
   replace: bool = False
   replace_after: int = 100  # Steps of disuse before a code is re-initialised.
-  kmeans_init: bool = False
-  kmeans_seeding: str = "kmeans++"
-  kmeans_iters: int = 20
-  kmeans_batches: int = 1
-
-  @classmethod
-  def sized(cls, num_codes: int, latent_dim: int) -> "Config":
-    return cls(num_codes=num_codes, latent_dim=latent_dim)
-
-  def validate(self, num_steps: int) -> list[interface.Problem]:
-    return check(self, num_steps)
 
 
 def check(q: Any, num_steps: int) -> list[interface.Problem]:

@@ -1,0 +1,185 @@
+"""GQ's fixed codebook and its posterior-mean quantizer (the GQ paper, arXiv 2512.06609).
+
+The codebook is K points of N(0, I_m), regenerable from a seed; a token's
+code is the codeword that best explains its Gaussian posterior. Used by the
+offline conversion (gmvq_jax.conversion) and by GQ's optional
+straight-through training (`gq.quantize_ste`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+SAMPLERS = ("sobol", "normal")
+DEFAULT_TILE_SIZE = 512  # Fastest measured on CPU with the max + min-where reduction.
+
+
+def check_group_size(channels: int, group_size: int) -> None:
+  """ValueError unless tokens of `group_size` consecutive channels tile `channels`."""
+  if group_size < 1 or channels % group_size:
+    raise ValueError(
+        f"group_size={group_size} must be a positive divisor of the channel count "
+        f"{channels}: each token is {group_size} consecutive channels.")
+
+
+def sample_codebook(seed: int, codebook_size: int, group_size: int,
+                    sampler: str) -> np.ndarray:
+  """The fixed GQ codebook: K points of N(0, I_m), regenerable from `seed`.
+
+  'sobol': scrambled Sobol points in [0, 1)^m through the inverse normal CDF
+  (quasi-random normal). 'normal': i.i.d. N(0, 1) draws. Runs on the host in
+  float64 and rounds once to float32, so the same seed gives the same bits
+  for a given numpy/scipy version. Sobol's balance properties need K to be a
+  power of two; scipy warns (UserWarning) otherwise, and we let it.
+
+  Args:
+    seed: a non-negative integer, recorded with the tokens.
+    codebook_size: K >= 2.
+    group_size: m >= 1, the token dimension.
+    sampler: 'sobol' or 'normal'.
+
+  Returns:
+    (K, m) float32 numpy array.
+  """
+  # Imported here: only this offline step needs scipy.
+  from scipy import special
+  from scipy.stats import qmc
+
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed={seed!r}: need a non-negative int so the codebook can be regenerated.")
+  if codebook_size < 2:
+    raise ValueError(f"codebook_size={codebook_size}: need K >= 2 codewords.")
+  if group_size < 1:
+    raise ValueError(f"group_size={group_size}: need m >= 1 dimensions per codeword.")
+  if sampler not in SAMPLERS:
+    raise ValueError(f"sampler={sampler!r}; allowed: {SAMPLERS}.")
+  rng = np.random.default_rng(int(seed))
+  if sampler == "normal":
+    return rng.standard_normal((codebook_size, group_size)).astype(np.float32)
+  uniform = qmc.Sobol(d=group_size, scramble=True, seed=rng).random(codebook_size)
+  # A point at exactly 0 would map to -inf; the largest float64 below 1 is 1 - 2^-53.
+  tiny = np.finfo(np.float64).epsneg
+  uniform = np.clip(uniform, tiny, 1.0 - tiny)
+  return special.ndtri(uniform).astype(np.float32)
+
+
+def quantize(mu: Array, std: Array, codebook: Array, *, prior_weight: Any,
+             tile_size: int | None = None) -> Array:
+  """Index of the codeword that best explains each token's posterior (§2).
+
+  k* = argmax_k sum_j [log N(c_kj; mu_j, var_j) - w log N(c_kj; 0, 1)]
+     = argmax_k [sum_j c_kj mu_j / var_j + 1/2 sum_j c_kj^2 (w - 1/var_j)]
+
+  with w the prior weight. The second form is features [mu/var, (w - 1/var)/2] (N, 2m) times
+  [c, c^2]^T (2m, K). It is evaluated tile by tile over K with a running
+  (max, argmax), so memory is O(N * tile + K m), never N x K. Ties go to the
+  lowest index, as `jnp.argmax` does: argmax within a tile picks the lowest,
+  and a later tile replaces the running best only when strictly greater.
+
+  Args:
+    mu: (N, m) posterior means.
+    std: (N, m) posterior standard deviations, > 0.
+    codebook: (K, m) codewords.
+    prior_weight: w, weight of the prior term (the paper's omega); 2.0 keeps
+      more codes in use at low bitrates.
+    tile_size: codewords per tile (static); default min(K, DEFAULT_TILE_SIZE).
+
+  Returns:
+    (N,) int32 indices in [0, K).
+  """
+  num_codes, dim = codebook.shape
+  if mu.ndim != 2 or mu.shape[-1] != dim or std.shape != mu.shape:
+    raise ValueError(
+        f"mu {mu.shape} and std {std.shape} must both be (N, {dim}) for a codebook "
+        f"of shape {codebook.shape}.")
+  tile_size = min(num_codes, DEFAULT_TILE_SIZE) if tile_size is None else int(tile_size)
+  if tile_size < 1:
+    raise ValueError(f"tile_size={tile_size}: need at least 1 codeword per tile.")
+  mu = mu.astype(jnp.float32)
+  inv_var = 1.0 / jnp.square(std.astype(jnp.float32))
+  prior_weight = jnp.asarray(prior_weight, jnp.float32)
+  features = jnp.concatenate([mu * inv_var, 0.5 * (prior_weight - inv_var)], axis=-1)  # (N, 2m)
+  codebook = codebook.astype(jnp.float32)
+  code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)  # (K, 2m)
+
+  num_tiles = -(-num_codes // tile_size)
+  padding = num_tiles * tile_size - num_codes
+  code_features = jnp.pad(code_features, ((0, padding), (0, 0)))
+  tiles = code_features.reshape(num_tiles, tile_size, 2 * dim)
+  offsets = jnp.arange(num_tiles, dtype=jnp.int32) * tile_size
+
+  def scan_tile(carry, tile_and_offset):
+    best_score, best_index = carry
+    tile, offset = tile_and_offset
+    scores = jnp.dot(features, tile.T, precision=jax.lax.Precision.HIGHEST)  # (N, tile)
+    if padding:
+      # Padded rows (index >= K) must never win, whatever the features.
+      valid = offset + jnp.arange(tile_size, dtype=jnp.int32) < num_codes
+      scores = jnp.where(valid[None, :], scores, -jnp.inf)
+    # max, then the lowest index attaining it: the same result as argmax
+    # (ties to the lowest index), but two plain reductions; XLA:CPU's
+    # variadic argmax reduce was ~4x slower (benchmarks/gq_quantize.py).
+    tile_score = jnp.max(scores, axis=-1)
+    positions = jnp.arange(tile_size, dtype=jnp.int32)
+    tile_index = jnp.min(jnp.where(scores == tile_score[:, None], positions, tile_size), axis=-1)
+    tile_index = jnp.minimum(tile_index, tile_size - 1)  # NaN scores: stay in range.
+    better = tile_score > best_score  # Strict: ties keep the earlier (lower) index.
+    return (jnp.where(better, tile_score, best_score),
+            jnp.where(better, offset + tile_index, best_index)), None
+
+  num_tokens = features.shape[0]
+  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), jnp.zeros((num_tokens,), jnp.int32))
+  (_, indices), _ = jax.lax.scan(scan_tile, init, (tiles, offsets))
+  return indices
+
+
+def dequantize(indices: Array, codebook: Array) -> Array:
+  """Codewords of `indices`, by table look-up.
+
+  `jnp.take` rather than `one_hot(indices) @ codebook`: this is the offline
+  path on host-side or replicated indices, where a gather is O(N m) and the
+  one-hot product would be O(N K m). (STYLE.md: under explicit batch sharding
+  prefer the one-hot product.) An out-of-range index gives NaNs (take's
+  "fill" mode), which makes the error visible.
+
+  Args:
+    indices: (...) int indices in [0, K).
+    codebook: (K, m) codewords.
+
+  Returns:
+    (..., m) float32 codewords.
+  """
+  return jnp.take(codebook.astype(jnp.float32), indices, axis=0)
+
+
+def bits_per_pixel(latent_hw: int | Sequence[int], channels: int, group_size: int,
+                   log2_codebook_size: float, image_hw: int | Sequence[int]) -> float:
+  """bpp = h * w * (c / m) * log2(K) / (H * W).
+
+  Args:
+    latent_hw: (h, w) latent grid, or one int for a square grid.
+    channels: c latent channels.
+    group_size: m channels per token; must divide c.
+    log2_codebook_size: bits per token, log2 K.
+    image_hw: (H, W) image size, or one int for a square image.
+
+  Returns:
+    Python float, bits per image pixel.
+  """
+  check_group_size(channels, group_size)
+  h, w = _pair(latent_hw)
+  height, width = _pair(image_hw)
+  return h * w * (channels // group_size) * float(log2_codebook_size) / (height * width)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  first, second = size
+  return int(first), int(second)
