@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 32
   config.num_eval_examples = ml_collections.config_dict.placeholder(int)  # None: dataset default.
 
+  # Threads reading the next training batches at once; the batches are the
+  # same for any number (raise it when reading images is slower than a step).
+  config.input_workers = 1
   config.batch_size = 256  # Global, over all devices.
   config.eval_batch_size = 256
   config.num_steps = 1000

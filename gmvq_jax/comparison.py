@@ -236,6 +236,16 @@ def final_val_figures(run_dir: str, num_steps: int) -> dict[str, Any]:
   return {k: v for k, v in records[-1].items() if k not in ("step", "split")}
 
 
+# Config fields that never change a run's numbers (the input pipeline's
+# reading threads give the same batches): a result saved with another value,
+# or before the field existed, still counts.
+_RESULT_NEUTRAL_FIELDS = ("input_workers",)
+
+
+def _without_neutral(config_json: dict[str, Any]) -> dict[str, Any]:
+  return {key: value for key, value in config_json.items() if key not in _RESULT_NEUTRAL_FIELDS}
+
+
 def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier: float, seed: int,
             workdir: str, *, tuning: bool = False) -> dict[str, Any]:
   """Trains and evaluates one (lr, seed) run of a method, or reads back its result.
@@ -261,7 +271,8 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
     with open(result_path, encoding="utf-8") as f:
       result = json.load(f)
     config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
-    if dict(result["config"], config_version=config_version.CURRENT) != config_json:
+    saved = dict(result["config"], config_version=config_version.CURRENT)
+    if _without_neutral(saved) != _without_neutral(config_json):
       raise config_checks.ConfigError(
           f"{result_path} was made with another config for {name!r}; use a new --workdir, or"
           f" delete {run_dir} to retrain it.")

@@ -113,6 +113,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _int_at_least(config, "checkpoint_every_steps", 1)
   _int_at_least(config, "eval_every_steps", 0, " (0 evaluates only at the end)")
   _int_at_least(config, "seed", 0)
+  if "input_workers" in config:  # Absent in configs saved by older versions.
+    _int_at_least(config, "input_workers", 1)
 
   _int_at_least(config, "model.num_res_blocks", 0)
 

@@ -1,6 +1,8 @@
 """The comparison: the protocol (lr tuned on val, seeds), the table, the plots, resuming."""
 
+import copy
 import csv
+import glob
 import json
 import math
 import os
@@ -173,6 +175,23 @@ class CompareTest(absltest.TestCase):
     for name in ("table.csv", "tuning.csv"):
       with open(os.path.join(workdir, name)) as f, open(os.path.join(self.workdir, name)) as g:
         self.assertEqual(f.read(), g.read())
+
+  def test_results_saved_before_input_workers_existed_still_count(self):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
+    for path in glob.glob(os.path.join(workdir, "runs", "*", "*", comparison.RESULT_NAME)):
+      with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+      del result["config"]["input_workers"]  # As written before the field existed.
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    config = copy.deepcopy(self.config)
+    config.train.input_workers = 3  # Same batches, so the same results.
+    with mock.patch.object(train_lib, "train_and_evaluate",
+                           side_effect=AssertionError("a finished run was retrained")):
+      rows = comparison.compare(config, workdir)
+    self.assertEqual(json.dumps(rows), json.dumps(self.rows))
 
   def test_changed_config_of_a_finished_run_is_refused(self):
     config = _smoke_config(("fsq",))
