@@ -1,7 +1,7 @@
 """A PyTorch port of the GM-VQ train step, the reference in benchmarks/train_step.py.
 
 Same network (gmvq_jax/models/networks.py), quantizer and ALBO loss
-(gmvq_jax/quantizers/gmvq.py, ALGORITHMS.md §1) and AdamW step; timing only.
+(gmvq_jax/quantizers/gmvq.py, docs/algorithms.md, "GM-VQ") and AdamW step; timing only.
 """
 
 from __future__ import annotations

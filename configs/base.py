@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def paper_schedule(config: ml_collections.ConfigDict, *, train_examples: int,
                    epochs: int = 100, warmup_epochs: int = 10) -> None:
-  """The paper's schedule (paper 001, Sec. 5.1), counted in epochs of `train_examples`."""
+  """The paper's schedule (GM-VQ paper, Sec. 5.1), counted in epochs of `train_examples`."""
   steps_per_epoch = train_examples // config.batch_size
   config.num_steps = epochs * steps_per_epoch
   config.optimizer.warmup_steps = warmup_epochs * steps_per_epoch

@@ -1,4 +1,4 @@
-"""The comparison on CelebA 128x128 with paper 001's setup (Table 1), for GPU/TPU.
+"""The comparison on CelebA 128x128 with the GM-VQ paper's setup (Table 1), for GPU/TPU.
 
 Every method of `gmvq_jax.methods` with the GM-VQ CelebA network and
 schedule (configs/gmvq_celeba.py: 6 residual blocks, batch 256, 100 epochs,

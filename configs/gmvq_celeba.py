@@ -1,4 +1,4 @@
-"""GM-VQ on CelebA 128x128, the paper's setup (paper 001, Sec. 5.1), for GPU/TPU.
+"""GM-VQ on CelebA 128x128, the paper's setup (GM-VQ paper, Sec. 5.1), for GPU/TPU.
 
 Batch 256, 100 epochs, AdamW peak lr 1e-4 with 10 warm-up epochs; 6 residual
 blocks, 128x128 -> 32x32 latents; C = 1024, L = 64.

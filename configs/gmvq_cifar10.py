@@ -1,4 +1,4 @@
-"""GM-VQ on CIFAR10, the paper's setup (paper 001, Sec. 5.1), for GPU/TPU.
+"""GM-VQ on CIFAR10, the paper's setup (GM-VQ paper, Sec. 5.1), for GPU/TPU.
 
 Batch 256, 100 epochs, AdamW peak lr 1e-2 with 10 warm-up epochs from 0.2x
 peak then cosine decay; C = 1024, L = 64; 32x32 -> 8x8 latents.

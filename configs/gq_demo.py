@@ -14,7 +14,7 @@ from gmvq_jax import methods
 
 
 def gq_quantizer() -> ml_collections.ConfigDict:
-  """GQ fields (ALGORITHMS.md §2): c latent channels in tokens of m, K = 2^log2_codebook_size."""
+  """GQ fields (docs/algorithms.md, "GQ"): c latent channels in tokens of m, K = 2^log2_codebook_size."""
   q = methods.quantizer_config("gq")
   q.latent_dim = 16  # c
   q.group_size = 8  # m: c / m tokens per latent position.

@@ -3,7 +3,7 @@
 `--config=configs/gq_imagenet.py:BPP` with BPP one of 0.25 (default), 0.5,
 1.0: a 32x32 grid (f8: three stride-2 stages) of c = 16 channels, K = 2^16
 codewords, and m = 16 / 8 / 4 channels per token, i.e. 1 / 2 / 4 tokens of
-16 bits per position (paper 003's rate settings). `:smoke` shrinks the
+16 bits per position (the GQ paper's rate settings). `:smoke` shrinks the
 0.25 layout to seconds.
 
 The networks are this library's ResNet encoder/decoder with f8 widths, not

@@ -72,7 +72,7 @@ def main(argv):
     record.update(label=record["label"].replace("\n", " "), objective=config.quantizer.objective,
                   beta=config.quantizer.beta)
   payload = dict(
-      experiment="ALBO vs ELBO objective on the same budget (paper 001, Sec. 3.3), embedded"
+      experiment="ALBO vs ELBO objective on the same budget (GM-VQ paper, Sec. 3.3), embedded"
                  " photographs",
       command=common.command_line(),
       smoke=_SMOKE.value,

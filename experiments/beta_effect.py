@@ -63,7 +63,7 @@ def main(argv):
   png = common.save_figure(figure, _OUTPUT_DIR.value, NAME)
   first = next(iter(configs.values()))
   payload = dict(
-      experiment="Effect of beta on MSE and perplexity (paper 001, Fig. 4), embedded photographs",
+      experiment="Effect of beta on MSE and perplexity (GM-VQ paper, Fig. 4), embedded photographs",
       command=common.command_line(),
       smoke=_SMOKE.value,
       settings=dict(betas=betas, seeds=seeds, config=common.as_jsonable(first)),

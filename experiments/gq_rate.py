@@ -121,7 +121,7 @@ def main(argv):
                 trained_log2_k=by_group[sweep_group]["log2_k"], token_rate=sweep_rate)
   png = common.save_figure(figure, _OUTPUT_DIR.value, NAME)
   payload = dict(
-      experiment="GQ conversion PSNR vs log2 K and vs group size m (paper 003)",
+      experiment="GQ conversion PSNR vs log2 K and vs group size m (GQ paper)",
       command=common.command_line(),
       smoke=_SMOKE.value,
       settings=dict(group_sizes=groups, bits_per_channel=_BITS_PER_CHANNEL.value,

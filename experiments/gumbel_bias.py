@@ -274,7 +274,7 @@ def main(argv):
                  **{name: float(values[s, t]) for name, values in results.items()})
             for s in range(num_sets) for t in range(num_temps)]
   payload = dict(
-      experiment="Gumbel-softmax gradient bias vs posterior entropy (paper 001, Fig. 3, App. A.1)",
+      experiment="Gumbel-softmax gradient bias vs posterior entropy (GM-VQ paper, Fig. 3, App. A.1)",
       command=common.command_line(),
       smoke=_SMOKE.value,
       settings=settings,

@@ -136,7 +136,7 @@ def main(argv):
   png = common.save_figure(plot(samples, runs, target=q.log2_codebook_size,
                                 tolerance=q.tolerance), _OUTPUT_DIR.value, NAME)
   payload = dict(
-      experiment="Spread of per-token KL bits: plain Gaussian VAE vs TDC (paper 003)",
+      experiment="Spread of per-token KL bits: plain Gaussian VAE vs TDC (GQ paper)",
       command=common.command_line(),
       smoke=_SMOKE.value,
       settings=dict(config=common.as_jsonable(configs["tdc"]), vae_kl_weights=weights),

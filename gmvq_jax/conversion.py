@@ -1,7 +1,7 @@
 """GQ's offline step: turn a trained Gaussian VAE into a VQ-VAE, and back to images.
 
 `convert` samples the fixed N(0, I) codebook, quantizes the posterior means
-of a split (ALGORITHMS.md §2) and writes tokens, report and pictures;
+of a split (docs/algorithms.md, "GQ") and writes tokens, report and pictures;
 `decode` turns a token file back into images. Used by `launch.quantize`
 and `launch.decode`.
 """

@@ -1,7 +1,7 @@
 """Reconstruction and codebook metrics: MSE, PSNR, perplexities, code usage.
 
 Pure array functions; each works on jax or numpy arrays. The paper's
-perplexity (paper 001, Sec. 5.1) is `exp(H(qbar))` of one evaluation batch;
+perplexity (GM-VQ paper, Sec. 5.1) is `exp(H(qbar))` of one evaluation batch;
 the hard perplexity is over the argmax codes of a whole evaluation set.
 """
 

@@ -67,5 +67,70 @@ class DocSnippetTest(parameterized.TestCase):
     self.assertEqual(result.returncode, 0, msg=result.stderr[-4000:])
 
 
+def _tracked_text_files() -> list[str]:
+  listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.split()
+  return [path for path in listed
+          if path.endswith((".py", ".md", ".json", ".ipynb", ".sh", ".txt", ".cfg", ".ini"))
+          and not path.startswith("tests/")]
+
+
+class StandAloneTest(absltest.TestCase):
+  """The repository stands alone: it cites the papers, not files a user does not have."""
+
+  def test_no_internal_names_in_user_facing_files(self):
+    # The spec's file name and its section numbers, the papers' file numbers.
+    internal = re.compile(r"(?i:paper 00\d)|ALGORITHMS\.md|algorithms\.md §|\.\./shared/")
+    found = []
+    for path in _tracked_text_files():
+      with open(os.path.join(REPO, path), encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+          if internal.search(line):
+            found.append(f"{path}:{number}: {line.strip()[:100]}")
+    self.assertEqual(found, [], "\n".join(found))
+
+  def test_the_papers_are_cited_by_arxiv_id(self):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+      readme = f.read()
+    for arxiv_id in ("2410.10180", "2512.06609"):
+      self.assertIn(arxiv_id, readme)
+
+
+class ConfigTablesTest(absltest.TestCase):
+  """The README's config table and docs/quantizers.md list every field the code has."""
+
+  def test_readme_lists_every_training_field(self):
+    from configs import base  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+      readme = f.read()
+    table = readme[readme.index("## Config fields"):]
+    table = table[:table.index("\n## ", 1)]
+    documented = set(re.findall(r"`([a-z_0-9.]+)`", table))
+
+    def fields(config, prefix=""):
+      for key, value in config.items():
+        if key == "quantizer":
+          continue
+        if hasattr(value, "items"):
+          yield from fields(value, f"{prefix}{key}.")
+        else:
+          yield f"{prefix}{key}"
+
+    missing = sorted(set(fields(base.get_config())) - documented)
+    self.assertEqual(missing, [], f"fields missing from the README's config table: {missing}")
+
+  def test_quantizers_doc_lists_every_config_field(self):
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    from gmvq_jax import methods  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(REPO, "docs", "quantizers.md"), encoding="utf-8") as f:
+      doc = f.read()
+    tables = doc[doc.index("## Each method's"):]
+    documented = set(re.findall(r"`([a-z_0-9]+)`", tables))
+    missing = sorted({f"{method.module}.{field.name}" for method in methods.METHODS.values()
+                      for field in dataclasses.fields(method.quantizer_module().Config)
+                      if field.name not in documented})
+    self.assertEqual(missing, [], f"fields missing from docs/quantizers.md: {missing}")
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -3,7 +3,7 @@
 Convolutions followed by BatchNorm have no bias: BN's shift replaces it.
 
 CIFAR10: 32x32 -> 8x8 latent grid, 2 residual blocks. CelebA 128x128: the
-same pattern with 6 residual blocks and a 32x32 grid (ALGORITHMS.md §1).
+same pattern with 6 residual blocks and a 32x32 grid (docs/algorithms.md, "GM-VQ").
 """
 
 from __future__ import annotations

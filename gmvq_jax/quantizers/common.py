@@ -49,7 +49,7 @@ def draw(sampler: Callable[..., Array], rng: Array, shape: tuple[int, ...]) -> A
   """Draws `sampler(key, shape)` noise, per row when `rng` is an (N,) key batch.
 
   Per-row keys derived from a global row index make the noise independent of
-  how the rows are split across devices (ALGORITHMS.md §4).
+  how the rows are split across devices (docs/algorithms.md).
 
   Args:
     sampler: e.g. `jax.random.normal` or `jax.random.gumbel`.

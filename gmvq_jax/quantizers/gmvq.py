@@ -1,7 +1,7 @@
 """GM-VQ: Gaussian-mixture vector quantization and the ALBO objective.
 
-Pure functions on flattened `(N, L)` latents, as specified in ALGORITHMS.md §1
-(paper 001, Eqs. 12-18). No training-loop code lives here.
+Pure functions on flattened `(N, L)` latents, as specified in docs/algorithms.md, "GM-VQ"
+(GM-VQ paper, Eqs. 12-18). No training-loop code lives here.
 """
 
 from __future__ import annotations

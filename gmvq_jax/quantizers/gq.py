@@ -1,6 +1,6 @@
 """GQ: Gaussian Quant with the Target Divergence Constraint (TDC).
 
-Pure functions of the GQ paper (arXiv 2512.06609; docs/algorithms.md §2):
+Pure functions of the GQ paper (arXiv 2512.06609; docs/algorithms.md, "GQ"):
 per-token KL in bits, the TDC loss and multiplier updates, GQ's `Config` and
 `Quantizer`. The fixed codebook and its quantizer are in gq_codebook.
 """
@@ -73,7 +73,7 @@ class TDCState(NamedTuple):
 
 
 def init_tdc_state() -> TDCState:
-  """All three multipliers start at 1.0 (ALGORITHMS.md §2).
+  """All three multipliers start at 1.0 (docs/algorithms.md, "GQ").
 
   Three distinct arrays, so a step that donates its state can donate each.
   """

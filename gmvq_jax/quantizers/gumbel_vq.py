@@ -1,7 +1,7 @@
 """Gumbel-VQVAE: the encoder emits logits over C codes (DALL-E / Karpathy 2021 style).
 
 A Gumbel-softmax sample of the categorical picks the codeword, `z_q = codes @
-codebook`; the loss is the KL of q(c|x) to the uniform prior (paper 001, Sec. 5.1).
+codebook`; the loss is the KL of q(c|x) to the uniform prior (GM-VQ paper, Sec. 5.1).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 
-# tau(t) = max(tau_min, tau_0 exp(-r t)), 2.0 -> 0.1: the annealing paper 001
+# tau(t) = max(tau_min, tau_0 exp(-r t)), 2.0 -> 0.1: the annealing that the GM-VQ paper
 # (Sec. 5.1) uses for every Gumbel-softmax model, its baselines included.
 temperature_schedule = gmvq.temperature_schedule
 

@@ -1,7 +1,7 @@
 """k-means codebook initialisation: jit-compiled Lloyd iterations.
 
 GM-VQ initialises its codebook by k-means on encoder outputs of the first
-training batch(es) (paper 001, Sec. 5.1); seeding is k-means++ or a random
+training batch(es) (GM-VQ paper, Sec. 5.1); seeding is k-means++ or a random
 sample of the data.
 """
 

@@ -1,7 +1,7 @@
-"""VQ-VAE and its heuristic variants: +l2, +replace, +affine, +OPT (ALGORITHMS.md §3).
+"""VQ-VAE and its heuristic variants: +l2, +replace, +affine, +OPT (docs/algorithms.md, "Baselines").
 
 Pure, jit-able functions on flattened `(N, L)` latents and a `(C, L)`
-codebook; the baselines of paper 001's Table 1. No training-loop code lives here.
+codebook; the baselines of the GM-VQ paper's Table 1. No training-loop code lives here.
 
 Loss normalisation: both loss terms are the MEAN OVER ALL N * L ELEMENTS of the
 squared difference (i.e. the per-vector squared norm averaged over vectors and
@@ -11,7 +11,7 @@ only rescale `commitment` and the learning rate by L.
 
 Huh et al. 2023 ("Straightening Out the Straight-Through Estimator") is not
 among the project's papers; the affine reparameterisation and the alternating
-(OPT) update follow the description in ALGORITHMS.md §3:
+(OPT) update follow the description in docs/algorithms.md, "Baselines":
   * +affine: effective codebook `M = raw * scale + shift`, with `scale`, `shift`
     (L,) shared by all codes and learnt by gradient with the codebook loss.
   * +OPT: after the gradient step, each used code moves to the mean of the
