@@ -53,12 +53,14 @@ def dry_run(requirements, workdir, pythonpath=None):
   report = os.path.join(workdir, "report.json")
   if os.path.exists(report):
     os.remove(report)
-  env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
-  if pythonpath:
+  env = dict(os.environ)
+  if pythonpath:  # First on sys.path, so pip sees its distributions as the installed ones.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
   result = subprocess.run(
-      [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--quiet",
-       "--report", report, *requirements],
+      # --isolated: setup.py's ranges alone, without a PIP_CONSTRAINT (CI's oldest
+      # environment pins JAX) or pip configuration of this machine.
+      [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install",
+       "--dry-run", "--no-index", "--quiet", "--report", report, *requirements],
       env=env, cwd=workdir, capture_output=True, text=True, timeout=300, check=False)
   names = []
   if result.returncode == 0:
