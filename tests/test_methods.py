@@ -70,7 +70,7 @@ class RegistryTest(parameterized.TestCase):
                         ("vqvae_affine_opt", dict(affine=True, opt=True))):
       self.assertEqual(methods.quantizer_config(name).to_dict(), dict(plain, **flags), name)
     self.assertEqual(plain["commitment"], 0.25)
-    self.assertEqual(methods.quantizer_config("gmvq_entropy").beta, 10.0)
+    self.assertEqual(methods.quantizer_config("gmvq_entropy").beta, 100.0)
     self.assertEqual(methods.quantizer_config("gmvq").beta, 1.0)
 
   def test_every_method_spends_about_log2_c_bits_per_position(self):
