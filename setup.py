@@ -2,13 +2,16 @@
 
 import setuptools
 
-# Versions are the ones the README's figures were measured with; the upper
-# bounds keep a fresh install on APIs this code was tested against.
+# The lower bounds are the oldest releases tested (CI's oldest environment,
+# .ci/oldest.txt); CI's newest environment tests the newest releases. The JAX
+# stack has no upper bounds: pip keeps an installed release that satisfies a
+# range, so Colab's accelerator build of JAX survives `pip install -e .`, where
+# a cap below it would replace it with a CPU wheel.
 INSTALL_REQUIRES = [
-    "jax>=0.10.2,<0.11",
-    "flax>=0.12.8,<0.13",
-    "optax>=0.2.8,<0.3",
-    "orbax-checkpoint>=0.12.8,<0.13",
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
     "tensorflow-datasets>=4.9.10,<5",
     "array-record>=0.8.6",  # tfds.data_source reads ArrayRecord files without TensorFlow.
     "chex>=0.1.92",
@@ -32,7 +35,7 @@ setuptools.setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["gmvq_jax", "gmvq_jax.*", "launch", "configs"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # JAX 0.10.2 needs 3.11, JAX 0.11 and newer 3.12.
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient/nbformat/ipykernel: tests/test_notebook.py executes the quickstart notebook.

@@ -38,6 +38,8 @@ import sys
 
 REPO = os.getcwd() if os.path.exists("setup.py") else os.path.dirname(os.getcwd())
 if importlib.util.find_spec("gmvq_jax") is None:
+  # No -U: pip keeps each installed package that setup.py's ranges admit, so
+  # Colab's GPU/TPU build of JAX stays (tests/test_install.py checks this).
   subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-e", REPO])
 # A fresh editable install is seen only by new interpreters; this one needs the path
 # (also for `configs/` and `experiments/`, which live beside the package).

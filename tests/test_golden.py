@@ -14,14 +14,28 @@ keep the test affordable on a CPU).
 A deliberate change of the numbers (a new default, a loss rescaled) records
 them again, in the same commit and with the reason in its message:
   GMVQ_GOLDEN_RECORD=1 python -m pytest -n 0 tests/test_golden.py
+
+The figures are bit-identical only on the JAX and jaxlib they were recorded
+with (RECORDED_WITH, on the CPU). Another release may compile a float32
+reduction in another order: the smoke cases' 2 steps then differ in the last
+bits (up to 2.5e-5 relative on JAX 0.12.0.1), and over the demos' 200 steps
+these grow into another trajectory (k-means and dead-code recentring are
+discrete choices; JAX 0.12.0.1's GM-VQ demo had 2x the gradient norm at step
+200). So on other releases the smoke cases compare every figure within
+SMOKE_RTOL, and the demos compare their final validation and test figures
+within DEMO_RTOL, their training records only in steps and names. Never
+re-record on another release to make this pass.
 """
 
 import json
 import os
 import tempfile
 
+from importlib import metadata
+
 from absl.testing import absltest
 from absl.testing import parameterized
+import numpy as np
 
 from configs import compare_demo
 from configs import gmvq_demo
@@ -34,6 +48,11 @@ RECORD = os.environ.get("GMVQ_GOLDEN_RECORD") == "1"
 SMOKE_METHODS = tuple(compare_demo.get_config("smoke").methods)
 DEMO_STEPS = 200
 DEMO_BATCH = 16
+RECORDED_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}
+EXACT = all(metadata.version(name) == version for name, version in RECORDED_WITH.items())
+SMOKE_RTOL = 1e-3
+DEMO_RTOL = 0.25  # JAX 0.12.0.1: up to 11% (GQ test kl_bits_min; GM-VQ val hard perplexity 10%).
+ATOL = 1e-6
 
 
 def smoke_config(name):
@@ -80,6 +99,8 @@ class GoldenTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
+    if RECORD and not EXACT:
+      raise RuntimeError(f"record on {RECORDED_WITH}, or change RECORDED_WITH in the same commit")
     cls.golden = {}
     if os.path.exists(GOLDEN_PATH):
       with open(GOLDEN_PATH, encoding="utf-8") as f:
@@ -108,10 +129,20 @@ class GoldenTest(parameterized.TestCase):
     self.assertEqual([(r["step"], r["split"]) for r in records],
                      [(r["step"], r["split"]) for r in expected])
     for got, want in zip(records, expected):
-      self.assertEqual(sorted(got), sorted(want), (case, want["step"], want["split"]))
-      for key, value in want.items():
-        # JSON floats round-trip exactly: == is a bitwise comparison here.
-        self.assertEqual(got[key], value, (case, want["step"], want["split"], key))
+      where = (case, want["step"], want["split"])
+      self.assertEqual(sorted(got), sorted(want), where)
+      if EXACT:
+        for key, value in want.items():
+          # JSON floats round-trip exactly: == is a bitwise comparison here.
+          self.assertEqual(got[key], value, where + (key,))
+      elif case.startswith("smoke_") or want["split"] != "train":
+        rtol = SMOKE_RTOL if case.startswith("smoke_") else DEMO_RTOL
+        for key, value in want.items():
+          if isinstance(value, float):
+            np.testing.assert_allclose(got[key], value, rtol=rtol, atol=ATOL,
+                                       err_msg=str(where + (key,)))
+          else:
+            self.assertEqual(got[key], value, where + (key,))
     self.assertTrue(any(r["split"] == "test" for r in records))
 
 

@@ -115,7 +115,9 @@ class TrainStepTest(parameterized.TestCase):
       self.assertEqual(int(state.step), 3)
       chex.assert_trees_all_close(state.params, reference.params, atol=1e-5, rtol=1e-5)
       chex.assert_trees_all_close(state.batch_stats, reference.batch_stats, atol=1e-5, rtol=1e-5)
-      chex.assert_trees_all_close(state.opt_state, reference.opt_state, atol=1e-5, rtol=1e-4)
+      # Adam's moments carry that noise unscaled: a conv kernel's first moment
+      # differed by up to 1.7e-5 beyond rtol on JAX 0.10.2 and 0.12.0.1 alike.
+      chex.assert_trees_all_close(state.opt_state, reference.opt_state, atol=4e-5, rtol=1e-4)
       for got, want in zip(history, ref_history):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
         np.testing.assert_allclose(got["kl"], want["kl"], rtol=1e-5, atol=1e-6)
