@@ -303,6 +303,32 @@ class FreshWorkdirTest(_Probe):
     self.assertNotIn("Traceback", output)
     self.assertFalse(os.path.exists(self.workdir))  # No empty checkpoints/, no lock.
 
+  def test_sigterm_while_the_launcher_imports(self):
+    log_path = os.path.join(self.root, "log")
+    process = _start(["--config=configs/gmvq_demo.py:smoke", f"--workdir={self.workdir}"],
+                     log_path)
+    self.addCleanup(process.kill)
+
+    def catches_sigterm():  # The process's caught-signal mask (Linux) has SIGTERM.
+      try:
+        with open(f"/proc/{process.pid}/status", encoding="utf-8") as f:
+          mask = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+      except (OSError, StopIteration):
+        return False
+      return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+    # The first handler installed is the package's, before JAX is imported.
+    self.assertTrue(_wait_for(catches_sigterm, timeout=60, process=process))
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=TIMEOUT_S)
+    output = _read(log_path)
+    self.assertEqual(process.returncode, 0, output[-3000:])
+    # Sent within 0.1 s of the package's handler, seconds before JAX is imported.
+    self.assertEqual(output.strip().splitlines()[-1],
+                     "Stopped while starting (SIGTERM); nothing was written.")
+    self.assertNotIn("Traceback", output)
+    self.assertFalse(os.path.exists(self.workdir))
+
   def test_double_ctrl_c_exits_130_with_one_line(self):
     log_path = os.path.join(self.root, "log")
     process = self._started(log_path)
