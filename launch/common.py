@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -53,10 +53,35 @@ def define_distributed_flags() -> None:
   )
 
 
+def define_print_config_flag() -> flags.FlagHolder:
+  return flags.DEFINE_bool(
+      "print_config", False,
+      "Print every field of --config (after the overrides) with its value, then exit;"
+      " --workdir is then not needed.")
+
+
+def print_config_or_require_workdir(print_config: flags.FlagHolder, config: Any,
+                                    workdir: flags.FlagHolder) -> bool:
+  """True after printing the config (the launcher then stops); else checks --workdir is given."""
+  if print_config.value:
+    print(config)
+    return True
+  if not workdir.value:
+    raise app.UsageError("--workdir is required (or --print_config to only print the config).")
+  return False
+
+
 class _QuietDependencies(std_logging.Filter):
-  """Drops INFO records from Orbax and tensorstore, and their tracebacks; warnings still pass."""
+  """Drops INFO records from Orbax and tensorstore, and their tracebacks; warnings still pass.
+
+  Also drops JAX's INFO line about a backend it probed and did not find
+  (e.g. 'Unable to initialize backend 'tpu'' on a machine without a TPU).
+  """
 
   def filter(self, record):
+    if (record.levelno < std_logging.WARNING and record.pathname.endswith("xla_bridge.py")
+        and "Unable to initialize backend" in record.getMessage()):
+      return False
     noisy = "orbax" in record.pathname or "tensorstore" in record.pathname
     if noisy:  # Their errors reach the launcher, which reports them once.
       record.exc_info, record.exc_text, record.stack_info = None, None, None

@@ -26,12 +26,15 @@ from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Compare config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the runs and the table.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+_PRINT_CONFIG = common.define_print_config_flag()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if common.print_config_or_require_workdir(_PRINT_CONFIG, _CONFIG.value, _WORKDIR):
+    return
   common.setup_logging()
   with common.user_errors():
     comparison.compare(_CONFIG.value, _WORKDIR.value)

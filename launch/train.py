@@ -23,13 +23,16 @@ _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", None,
     "Take at most this many steps in this invocation, checkpoint and exit 0 (e.g. to fit a"
     " job's time limit); rerun to continue.", lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+_PRINT_CONFIG = common.define_print_config_flag()
 common.define_distributed_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if common.print_config_or_require_workdir(_PRINT_CONFIG, _CONFIG.value, _WORKDIR):
+    return
   common.setup_logging()
   common.initialize_distributed()
   with common.user_errors():

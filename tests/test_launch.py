@@ -1,6 +1,7 @@
 """End to end through the absl launchers, as a user runs them, on 4 fake devices."""
 
 import json
+import logging as std_logging
 import os
 import shutil
 import subprocess
@@ -65,6 +66,32 @@ class LaunchTest(absltest.TestCase):
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("config.quantizer.num_codes=1", result.stderr)
     self.assertFalse(os.path.exists(os.path.join(self.workdir, "checkpoints")))
+
+  def test_print_config_prints_every_field_and_writes_nothing(self):
+    workdir = os.path.join(self.workdir, "never")
+    for module, config in (("launch.train", "configs/gmvq_demo.py:smoke"),
+                           ("launch.compare", "configs/compare_demo.py:smoke")):
+      result = _run(module, f"--config={config}", "--print_config", f"--workdir={workdir}",
+                    "--config.seed=7" if module == "launch.train" else "--config.seeds=(3,)")
+      self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+      self.assertIn("seed: 7" if module == "launch.train" else "- 3", result.stdout)
+      self.assertIn("config_version: 2", result.stdout)
+      self.assertFalse(os.path.exists(workdir))
+    result = _run("launch.train", "--config=configs/gmvq_demo.py:smoke")  # No --workdir.
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("--workdir is required", result.stderr)
+
+  def test_the_probe_for_absent_backends_is_not_logged(self):
+    from launch import common  # pylint: disable=g-import-not-at-top
+    quiet = common._QuietDependencies()  # pylint: disable=protected-access
+
+    def record(level, path, message):
+      return std_logging.LogRecord("jax", level, path, 1, message, None, None)
+
+    probe = "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so"
+    self.assertFalse(quiet.filter(record(std_logging.INFO, "/x/jax/_src/xla_bridge.py", probe)))
+    self.assertTrue(quiet.filter(record(std_logging.WARNING, "/x/jax/_src/xla_bridge.py", probe)))
+    self.assertTrue(quiet.filter(record(std_logging.INFO, "/x/gmvq_jax/train_lib.py", probe)))
 
   def test_evaluate_without_checkpoint(self):
     result = _run("launch.evaluate", f"--workdir={self.workdir}")
