@@ -178,6 +178,8 @@ class Progress:
   def __init__(self, total_steps: int, first_step: int = 0, stream: TextIO | None = None):
     self.total_steps = total_steps
     self._stream = stream or sys.stdout
+    self._first_step = first_step
+    self._created = time.perf_counter()
     self._start_step = first_step
     self._start_time = None
 
@@ -191,6 +193,8 @@ class Progress:
     rate = float("nan")
     if self._start_time is not None and step > self._start_step:
       rate = (step - self._start_step) / (time.perf_counter() - self._start_time)
+    elif step > self._first_step:  # Only the first step(s) so far: their rate, compilation included.
+      rate = (step - self._first_step) / (time.perf_counter() - self._created)
     eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
     shown = " ".join(f"{k}={float(v):.4g}" for k, v in figures.items())
     line = (f"step {step}/{self.total_steps} {shown} | {rate:.2f} steps/s"

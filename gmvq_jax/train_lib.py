@@ -440,6 +440,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
     last_saved = done
 
   stopped, failed = None, False
+  logging.info("Compiling the train step; step %d includes the compilation.", start_step + 1)
   try:
     with errors.activity(f"training from step {start_step}"):
       for step in range(start_step, end_step):

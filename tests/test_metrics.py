@@ -70,6 +70,14 @@ class WriterTest(absltest.TestCase):
     self.assertRegex(line, r"steps/s \| ETA \d+:\d\d:\d\d")
     self.assertEqual(stream.getvalue().strip(), line)
 
+  def test_the_first_line_after_a_resume_has_a_rate(self):
+    # Resumed at step 99, logging every 100 steps: the first line is the first step's.
+    progress = metric_writers.Progress(200, first_step=99, stream=io.StringIO())
+    progress.start(100)  # After the first step, as the loop does.
+    line = progress.report(100, {"loss": 0.25})
+    self.assertNotIn("nan", line)
+    self.assertRegex(line, r"\| \d+\.\d\d steps/s \| ETA \d+:\d\d:\d\d")
+
 
 if __name__ == "__main__":
   absltest.main()
