@@ -270,9 +270,8 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       result = json.load(f)
-    config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
-    saved = dict(result["config"], config_version=config_version.CURRENT)
-    if _without_neutral(saved) != _without_neutral(config_json):
+    saved = config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
+    if _without_neutral(json.loads(saved.to_json())) != _without_neutral(config_json):
       raise config_checks.ConfigError(
           f"{result_path} was made with another config for {name!r}; use a new --workdir, or"
           f" delete {run_dir} to retrain it.")
