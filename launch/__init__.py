@@ -5,7 +5,8 @@ import signal
 import sys
 
 
-def _stopped_while_starting(signum, frame) -> None:
+def stopped_while_starting(signum, frame) -> None:
+  """SIGTERM handler until a launcher's main runs: nothing has been written yet."""
   del frame
   print(f"Stopped while starting ({signal.Signals(signum).name}); nothing was written.",
         flush=True)
@@ -18,4 +19,4 @@ def _stopped_while_starting(signum, frame) -> None:
 # does later before the first step. Importing the package otherwise (tests, a
 # notebook) changes no signal handling.
 if sys.argv[:1] == ["-m"]:
-  signal.signal(signal.SIGTERM, _stopped_while_starting)
+  signal.signal(signal.SIGTERM, stopped_while_starting)

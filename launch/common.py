@@ -21,6 +21,7 @@ from absl import logging
 from gmvq_jax import distributed
 from gmvq_jax import errors
 from gmvq_jax import train_lib
+import launch
 from launch import config_flag_checks
 
 # What to do about an OSError of the environment, by errno.
@@ -154,13 +155,6 @@ def _exit(message: str, status: int = 1) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
-def _stopped_before_start(signum, frame) -> None:
-  del frame
-  print(f"Stopped before the run started ({signal.Signals(signum).name}); nothing was written.",
-        flush=True)
-  os._exit(0)  # pylint: disable=protected-access
-
-
 def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
   """`app.run(main)`, after checking the config flags named (`--config=...`, `--config.F=V`).
 
@@ -169,7 +163,7 @@ def run(main: Callable[[list], None], config_flags: Sequence[str] = ()) -> None:
   """
   # Until main runs nothing is written: SIGTERM just says so (the training
   # loop installs its own handlers before it creates anything).
-  signal.signal(signal.SIGTERM, _stopped_before_start)
+  signal.signal(signal.SIGTERM, launch.stopped_while_starting)
   try:
     argv, nones = config_flag_checks.preflight(sys.argv, config_flags)
   except errors.UserError as error:
