@@ -67,12 +67,18 @@ class DocSnippetTest(parameterized.TestCase):
     self.assertEqual(result.returncode, 0, msg=result.stderr[-4000:])
 
 
-def _tracked_text_files() -> list[str]:
-  listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.split()
-  return [path for path in listed
-          if path.endswith((".py", ".md", ".json", ".ipynb", ".sh", ".txt", ".cfg", ".ini"))
-          and not path.startswith("tests/")]
+_SKIPPED_DIRS = frozenset({"tests", "__pycache__", "workdirs", "build", "dist"})
+
+
+def _project_text_files() -> list[str]:
+  """The project's text files outside tests/, found on disk (CI runs from a copy without .git)."""
+  found = []
+  for root, dirs, names in os.walk(REPO):
+    dirs[:] = [d for d in dirs if (d == ".ci" or not d.startswith(".")) and d not in _SKIPPED_DIRS
+               and not d.endswith(".egg-info")]
+    found += [os.path.relpath(os.path.join(root, name), REPO) for name in names
+              if name.endswith((".py", ".md", ".json", ".ipynb", ".sh", ".txt", ".cfg", ".ini"))]
+  return sorted(found)
 
 
 class StandAloneTest(absltest.TestCase):
@@ -82,7 +88,7 @@ class StandAloneTest(absltest.TestCase):
     # The spec's file name and its section numbers, the papers' file numbers.
     internal = re.compile(r"(?i:paper 00\d)|ALGORITHMS\.md|algorithms\.md §|\.\./shared/")
     found = []
-    for path in _tracked_text_files():
+    for path in _project_text_files():
       with open(os.path.join(REPO, path), encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
           if internal.search(line):
