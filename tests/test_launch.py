@@ -41,6 +41,12 @@ class LaunchTest(absltest.TestCase):
 
     evaluate = _run("launch.evaluate", f"--workdir={self.workdir}")
     self.assertEqual(evaluate.returncode, 0, evaluate.stderr[-3000:])
+    # The first minute says what it is doing, in order.
+    said = [train.stderr.find(line) for line in (
+        "Loading the 'embedded' dataset", "Initialising the model", "k-means",
+        "Compiling the train step")]
+    self.assertNotIn(-1, said, train.stderr[-3000:])
+    self.assertEqual(said, sorted(said))
     # Expected noise is silenced: the TPU probe and Orbax's read-only notices.
     for output in (train.stderr, evaluate.stderr):
       self.assertNotIn("read only", output)
