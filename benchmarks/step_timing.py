@@ -6,12 +6,15 @@ Shared by `benchmarks.train_step` (JAX against PyTorch) and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from unittest import mock
 
 import jax
 import numpy as np
 
+from gmvq_jax import faults
 from gmvq_jax import train_lib
 
 
@@ -24,13 +27,35 @@ class RandomImages:
     return np.random.default_rng(step).random((batch_size,) + self.image_shape, dtype=np.float32)
 
 
+def _unguarded_update(nonfinite, state, **new):
+  """`faults.apply_if_finite` without the guard: the plain update."""
+  del nonfinite
+  return state.replace(step=state.step + 1, **new)
+
+
+@contextlib.contextmanager
+def without_nonfinite_guard():
+  """Traces train_lib.train_step without its non-finite guard, to measure what the guard costs.
+
+  Inside, the step computes no finiteness flags and selects nothing: the
+  update is applied as it is. For benchmarks only; the library has no such mode.
+  """
+  with mock.patch.object(faults, "nonfinite_flags", lambda terms, grads: {}), \
+       mock.patch.object(faults, "apply_if_finite", _unguarded_update):
+    yield
+
+
 class JaxRunner:
-  """The library's jitted `train_lib.train_step`, compiled ahead of time on one device."""
+  """The library's jitted `train_lib.train_step`, compiled ahead of time on one device.
+
+  guard=False compiles the step without its non-finite guard
+  (`without_nonfinite_guard`), to measure the guard's cost.
+  """
 
   framework = "jax"
-  name = "jax"
 
-  def __init__(self, config, device: jax.Device, batch_size: int):
+  def __init__(self, config, device: jax.Device, batch_size: int, *, guard: bool = True):
+    self.name = "jax" if guard else "jax/no-guard"
     with jax.default_device(device):
       state = train_lib.create_train_state(config, jax.random.key(0), RandomImages())
     self.initial_params = jax.device_get(state.params)
@@ -40,7 +65,8 @@ class JaxRunner:
     self.metrics = None
     step = jax.jit(functools.partial(train_lib.train_step, config=config), donate_argnums=0)
     started = time.perf_counter()
-    lowered = step.lower(self.state, self.images, self.rng)
+    with contextlib.nullcontext() if guard else without_nonfinite_guard():
+      lowered = step.lower(self.state, self.images, self.rng)
     lowered_at = time.perf_counter()
     self.compiled = lowered.compile()
     compiled_at = time.perf_counter()

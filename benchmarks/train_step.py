@@ -1,7 +1,10 @@
 """Times the compiled GM-VQ train step (CIFAR10 config) against a PyTorch port.
 
-`python -m benchmarks.train_step [--batch_sizes=256,32] [--quick]`. JAX and
-PyTorch steps alternate in one process, so machine drift hits both alike.
+`python -m benchmarks.train_step [--batch_sizes=256,32] [--quick]`. In one
+process, at each batch size: the library's JAX step, the same step built
+without its non-finite guard (the guard's cost), and the PyTorch port eager
+and under torch.compile. The variants' steps alternate, so machine drift hits
+all alike.
 """
 
 from __future__ import annotations
@@ -51,7 +54,11 @@ _DEVICE = flags.DEFINE_enum(
     "auto: JAX's default backend, and CUDA for torch when present; cpu or gpu force both.")
 _TORCH_THREADS = flags.DEFINE_list(
     "torch_threads", [], "torch intra-op thread counts, one torch variant each; empty: the usable cores.")
-_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Wrap torch's forward + loss in torch.compile.")
+_TORCH_MODES = flags.DEFINE_list(
+    "torch_modes", ["eager", "compile"],
+    "torch variants to time: 'eager', and 'compile' (forward + loss under torch.compile).")
+_GUARD_COST = flags.DEFINE_bool(
+    "guard_cost", True, "Also time the JAX step built without its non-finite guard.")
 _TORCH_ADAMW = flags.DEFINE_enum(
     "torch_adamw", "default", ["default", "foreach", "fused"],
     "torch AdamW implementation; 'default' is torch's own choice (a per-tensor loop on CPU).")
@@ -93,10 +100,10 @@ class TorchRunner:
   framework = "torch"
 
   def __init__(self, config, device: torch.device, batch_size: int, flax_params, *, threads: int,
-               compile: bool, adamw_impl: str):
+               compile: bool, adamw_impl: str, name: str):
     self.device = device
     self.threads = threads
-    self.name = f"torch/{threads}thr" if device.type == "cpu" else "torch"
+    self.name = name
     self.trainer = torch_gmvq.Trainer(config, device, compile=compile, adamw_impl=adamw_impl,
                                       flax_params=flax_params)
     images = RandomImages().train_batch(10_000, batch_size)
@@ -200,11 +207,11 @@ def check_port(config, jax_device: jax.Device) -> dict[str, float]:
   )
 
 
-def run_batch(batch_size: int, build_jax: Callable[[], JaxRunner], build_torch: list[Callable],
+def run_batch(batch_size: int, build_jax: list[Callable[[], JaxRunner]], build_torch: list[Callable],
               *, warmup: int, repeats: int, steps_per_repeat: int) -> list[Timing]:
   """Builds each variant's step, warms it up, then times them in alternation."""
-  jax_runner = build_jax()
-  built = [jax_runner] + [build(jax_runner.initial_params) for build in build_torch]
+  jax_runners = [build() for build in build_jax]
+  built = jax_runners + [build(jax_runners[0].initial_params) for build in build_torch]
   timings = [Timing(r.name, r.framework, batch_size, r.setup_s, r.setup_note) for r in built]
   for runner, timing in zip(built, timings):
     print(f"  B={batch_size} {timing.name}: setup {timing.setup_s:.2f}s ({timing.setup_note})", flush=True)
@@ -228,11 +235,30 @@ def format_table(timings: list[Timing]) -> list[str]:
   header = (f"{'variant':<12}{'batch':>6}{'setup s':>9}{'ms/step':>10}{'range ms':>17}"
             f"{'images/s':>10}{'JAX speed-up':>14}")
   lines = [header, "-" * len(header)]
-  jax_ms = {t.batch_size: t.median_ms for t in timings if t.framework == "jax"}
+  jax_ms = {t.batch_size: t.median_ms for t in timings if t.name == "jax"}
   for t in timings:
-    speedup = f"{t.median_ms / jax_ms[t.batch_size]:.2f}x" if t.framework == "torch" else ""
+    speedup = f"{t.median_ms / jax_ms[t.batch_size]:.2f}x" if t.name != "jax" else ""
     lines.append(f"{t.name:<12}{t.batch_size:>6}{t.setup_s:>9.2f}{t.median_ms:>10.1f}"
                  f"{t.spread:>17}{t.images_per_s:>10.0f}{speedup:>14}")
+  return lines
+
+
+def summary(timings: list[Timing]) -> list[str]:
+  """The guard's cost and the JAX step against each torch variant, per batch size."""
+  lines = []
+  for batch_size in sorted({t.batch_size for t in timings}, reverse=True):
+    by_name = {t.name: t for t in timings if t.batch_size == batch_size}
+    jax_ms = by_name["jax"].median_ms
+    if "jax/no-guard" in by_name:
+      cost = jax_ms / by_name["jax/no-guard"].median_ms - 1
+      lines.append(f"B={batch_size}: the non-finite guard costs {100 * cost:+.1f}% of the step "
+                   f"(target < 3%: {'MET' if cost < 0.03 else 'MISSED'}).")
+    rivals = [t for t in by_name.values() if t.framework == "torch"]
+    if rivals:
+      ratios = ", ".join(f"{t.name} {t.median_ms / jax_ms:.2f}x" for t in rivals)
+      faster = all(t.median_ms > jax_ms for t in rivals)
+      lines.append(f"B={batch_size}: JAX is faster than every torch variant: "
+                   f"{'YES' if faster else 'NO'} (torch ms / JAX ms: {ratios}).")
   return lines
 
 
@@ -263,22 +289,25 @@ def main(argv):
     config = gmvq_cifar10.get_config()
     config.batch_size = batch_size
     config.quantizer.kmeans_init = _KMEANS_INIT.value
-    build_jax = functools.partial(JaxRunner, config, jax_device, batch_size)
+    build_jax = [functools.partial(JaxRunner, config, jax_device, batch_size)]
+    if _GUARD_COST.value:
+      build_jax.append(functools.partial(JaxRunner, config, jax_device, batch_size, guard=False))
     build_torch = [] if _SKIP_TORCH.value else [
         functools.partial(TorchRunner, config, torch_device, batch_size, threads=threads,
-                          compile=_TORCH_COMPILE.value, adamw_impl=_TORCH_ADAMW.value)
-        for threads in torch_threads]
+                          compile=mode == "compile", adamw_impl=_TORCH_ADAMW.value,
+                          name=f"torch/{mode}" + (f"/{threads}thr" if len(torch_threads) > 1 else ""))
+        for mode in _TORCH_MODES.value for threads in torch_threads]
     timings += run_batch(batch_size, build_jax, build_torch, warmup=warmup, repeats=repeats,
                          steps_per_repeat=steps_per_repeat)
 
   print()
   print(f"GM-VQ train step, CIFAR10 config (32x32 images, C=1024, L=64, channels (32, 64), 2 residual "
         f"blocks), float32.\nMedian of {repeats} repeats x {steps_per_repeat} step(s), after "
-        f"{warmup} warm-up step(s), variants alternating; torch_compile={_TORCH_COMPILE.value}, "
-        f"torch AdamW={_TORCH_ADAMW.value}.")
+        f"{warmup} warm-up step(s), variants alternating; torch AdamW={_TORCH_ADAMW.value}.")
   print("\n".join(format_table(timings)))
-  print("JAX speed-up = torch ms/step / JAX ms/step (>1: JAX is faster). setup s: JAX trace + lower + "
-        "compile; torch: its first step.")
+  print("JAX speed-up = variant ms/step / JAX ms/step (>1: the library's JAX step is faster). "
+        "setup s: JAX trace + lower + compile; torch: its first step (compilation included).")
+  print("\n".join(summary(timings)))
   print("\n".join(device_info(jax_device, torch_device, torch_threads)))
   warn_if_busy()
   print(f"Total wall time {time.perf_counter() - started:.0f}s")

@@ -42,6 +42,36 @@ def rate_matches(images_per_s, ms, batch_size):
   return low - 0.5 <= images_per_s <= high + 0.5
 
 
+class TrainStepBenchmarkTest(absltest.TestCase):
+
+  def test_the_unguarded_step_computes_the_guarded_update(self):
+    """The guard-cost variant differs only by the guard: on finite steps the states agree exactly."""
+    import functools  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from benchmarks import step_timing  # pylint: disable=g-import-not-at-top
+    from configs import gmvq_demo  # pylint: disable=g-import-not-at-top
+    from gmvq_jax import train_lib  # pylint: disable=g-import-not-at-top
+
+    config = gmvq_demo.get_config("smoke")
+    state = train_lib.create_train_state(config, jax.random.key(0), step_timing.RandomImages())
+    images = step_timing.RandomImages().train_batch(0, config.batch_size)
+    # A fresh partial for each: jit caches traces by function, and the guard is chosen at trace time.
+    step = lambda: jax.jit(functools.partial(train_lib.train_step, config=config))
+    guarded, metrics = step()(state, images, jax.random.key(1))
+    with step_timing.without_nonfinite_guard():
+      unguarded, plain_metrics = step()(state, images, jax.random.key(1))
+    self.assertTrue(metrics["nonfinite"])  # The library's step checks...
+    self.assertEqual(plain_metrics["nonfinite"], {})  # ...the variant does not.
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(guarded), jax.device_get(unguarded))
+
+  def test_quick_jax_only_run_reports_the_guard_cost(self):
+    stdout = run_benchmark("benchmarks.train_step", "--quick", "--skip_torch", "--device=cpu")
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("jax")]
+    self.assertEqual([row[0] for row in rows], ["jax", "jax/no-guard"])
+    self.assertIn("B=32: the non-finite guard costs", stdout)
+
+
 class InputPipelineBenchmarkTest(absltest.TestCase):
 
   def test_quick_run_prints_a_row_per_source_and_worker_count(self):
