@@ -1,4 +1,4 @@
-"""Files of workdirs and data_dirs on any filesystem `etils.epath` reaches (local, gs://, s3://).
+"""Files of workdirs and data_dirs on any filesystem `etils.epath` reaches (local, gs://, ...).
 
 Writes go to a temporary file and a rename, so a reader never sees a
 half-written file. Every function takes a plain `str` or an `epath.Path`.
