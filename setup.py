@@ -12,6 +12,9 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
+    # Workdirs and data_dirs as epath paths (local, gs://); its fsspec backend
+    # reaches gs:// once the 'gcs' extra is installed.
+    "etils[epath]>=1.9.1",
     "tensorflow-datasets>=4.9.10,<5",
     "array-record>=0.8.6",  # tfds.data_source reads ArrayRecord files without TensorFlow.
     "chex>=0.1.92",
@@ -39,8 +42,12 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # nbclient/nbformat/ipykernel: tests/test_notebook.py executes the quickstart notebook.
+        # fsspec: tests/fake_gcs.py serves gs:// from memory (etils[epath] installs it too).
         "test": ["pytest>=8", "pytest-xdist>=3.8", "absl-py>=2.5", "nbclient>=0.10", "nbformat>=5.9",
-                 "ipykernel>=6.29"],
+                 "ipykernel>=6.29", "fsspec"],
+        # gs:// workdirs: gcsfs for epath (without TensorFlow), google-cloud-storage
+        # for Orbax's checkpoint listing; tensorstore has its own GCS client.
+        "gcs": ["gcsfs", "google-cloud-storage"],
         "bench": ["torch==2.13.0"],
         # `python -m launch.prepare_data` builds TFDS datasets (reading needs neither):
         # importlib_resources is a TFDS build dependency its wheel does not declare.

@@ -4,7 +4,8 @@ A checkpoint step holds three items under WORKDIR/checkpoints/<step>/:
 `state` (the TrainState pytree), `config` (the run's ConfigDict as JSON) and
 `data` (the input pipeline's position, JSON). Orbax writes each step into a
 temporary directory and renames it when complete, so a process killed in the
-middle of a save leaves the previous steps restorable.
+middle of a save leaves the previous steps restorable. The workdir may be
+any `etils.epath` path (local, gs://...): Orbax reads and writes through it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 from typing import Any, Iterator
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from gmvq_jax import config_version
 from gmvq_jax import errors
+from gmvq_jax import io as io_lib
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Fields a resumed run may change: they steer the loop, not what the state
@@ -45,12 +47,14 @@ class CheckpointSaveError(errors.UserError, OSError):
   """A save failed for lack of disk space; the previous checkpoint is intact."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-  """WORKDIR/checkpoints as an absolute path (Orbax wants absolute paths)."""
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+def checkpoint_dir(workdir: epath.PathLike) -> epath.Path:
+  """WORKDIR/checkpoints, absolute when local (Orbax wants absolute paths)."""
+  if io_lib.is_local(workdir):
+    workdir = os.path.abspath(workdir)
+  return io_lib.as_path(workdir) / CHECKPOINT_SUBDIR
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(workdir: epath.PathLike, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints (created unless read_only)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
@@ -89,9 +93,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config: ml_colle
       manager.wait_until_finished()
   except Exception as error:
     with contextlib.suppress(OSError):  # The failed save's temporary folder.
-      for name in os.listdir(str(manager.directory)):
-        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-          shutil.rmtree(os.path.join(str(manager.directory), name), ignore_errors=True)
+      for path in epath.Path(manager.directory).iterdir():
+        if path.name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          with contextlib.suppress(OSError):
+            path.rmtree()
     if not _is_out_of_space(error):
       raise
     kept = ("no earlier checkpoint exists" if previous is None
@@ -114,10 +119,14 @@ def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
                     _first_line(error))
 
 
-def remove_if_empty(workdir: str) -> None:
-  """Removes WORKDIR/checkpoints if it holds nothing (e.g. a run stopped before saving)."""
-  with contextlib.suppress(OSError):
-    os.rmdir(checkpoint_dir(workdir))
+def remove_if_empty(workdir: epath.PathLike) -> None:
+  """Removes WORKDIR/checkpoints if it holds nothing (e.g. a run stopped before saving).
+
+  Object stores have no empty folders: there is nothing to remove.
+  """
+  if io_lib.is_local(workdir):
+    with contextlib.suppress(OSError):
+      os.rmdir(checkpoint_dir(workdir))
 
 
 def _is_out_of_space(error: BaseException | None) -> bool:
@@ -163,7 +172,7 @@ def restore_state(manager: ocp.CheckpointManager, target: Any, step: int | None 
 
 def restore_data_position(manager: ocp.CheckpointManager, step: int) -> dict | None:
   """The data position saved at `step`, or None for checkpoints saved without one."""
-  if not os.path.isdir(os.path.join(str(manager.directory), str(step), "data")):
+  if not (epath.Path(manager.directory) / str(step) / "data").is_dir():
     return None
   with _readable(manager, step):
     restored = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
@@ -184,7 +193,7 @@ def config_differences(saved: dict, given: dict, prefix: str = "") -> list[tuple
 
 
 def check_resumable(saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
-                    workdir: str) -> None:
+                    workdir: epath.PathLike) -> None:
   """Raises CheckpointError naming every field that differs outside RUN_CONTROL_FIELDS.
 
   Fields absent from older checkpoints' configs count as equal to their
@@ -204,7 +213,7 @@ def check_resumable(saved: ml_collections.ConfigDict, given: ml_collections.Conf
         " changed on disk.")
 
 
-def restore_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+def restore_config(workdir: epath.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
   """Reads the config saved beside the latest (or given) checkpoint of a workdir."""
   manager = make_manager(workdir, read_only=True)
   step = manager.latest_step() if step is None else step
@@ -226,11 +235,11 @@ def _readable(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
   before Orbax opens them: tensorstore's reads of them fail in background
   threads that keep printing tracebacks after the error is raised.
   """
-  where = os.path.join(str(manager.directory), str(step))
-  for root, _, names in os.walk(where):
-    for name in names:
-      path = os.path.join(root, name)
-      if name in _INDEX_FILES and os.path.getsize(path) == 0:
+  where = epath.Path(manager.directory) / str(step)
+  # Orbax's index files lie at most three folders down; gs:// has no recursive glob.
+  for pattern in (f"{'*/' * depth}{name}" for depth in range(4) for name in _INDEX_FILES):
+    for path in where.glob(pattern):
+      if path.stat().length == 0:
         raise CheckpointError(_unreadable(where, f"{path} is empty"))
   try:
     yield
@@ -241,7 +250,7 @@ def _readable(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
         _unreadable(where, f"{type(error).__name__}: {_first_line(error)}")) from error
 
 
-def _unreadable(where: str, cause: str) -> str:
+def _unreadable(where: epath.Path, cause: str) -> str:
   return (f"Checkpoint {where} cannot be read ({cause}). It is damaged or was written by an"
           " incompatible version. Nothing was changed on disk. To resume from the previous"
           f" checkpoint, move this step aside (e.g. `mv {where} {where}.bad`); or train in a"

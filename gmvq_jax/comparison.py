@@ -39,10 +39,10 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from typing import Any, Optional, Sequence
 
+from etils import epath
 import ml_collections
 import numpy as np
 
@@ -53,6 +53,7 @@ from gmvq_jax import conversion
 from gmvq_jax import errors
 from gmvq_jax import evaluation
 from gmvq_jax import faults
+from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -203,12 +204,12 @@ def check(compare_config: ml_collections.ConfigDict, num_devices: int) -> list[s
 
 
 def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str, Any],
-                train_seconds: float, run_dir: str) -> dict[str, Any]:
+                train_seconds: float, run_dir: epath.PathLike) -> dict[str, Any]:
   """One run's row from its test figures (GQ: converted to tokens first)."""
   row = dict(method=name, steps=int(config.num_steps), bits_per_image=methods.bits_per_image(config),
              train_seconds=train_seconds)
   if conversion.converts(config):
-    report = conversion.convert(run_dir, num_images=8)
+    report = conversion.convert(str(run_dir), num_images=8)
     mse = report["mse_vq"]
     row.update(psnr=report["psnr_vq"], perplexity=report["token_perplexity"],
                hard_perplexity=report["token_perplexity"], code_usage=report["code_usage"],
@@ -221,7 +222,7 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   return row
 
 
-def final_val_figures(run_dir: str, num_steps: int) -> dict[str, Any]:
+def final_val_figures(run_dir: epath.PathLike, num_steps: int) -> dict[str, Any]:
   """The figures of the `val` record at step `num_steps` of RUN_DIR/metrics.jsonl.
 
   Only records with split 'val' are read: the test split never reaches the
@@ -247,7 +248,7 @@ def _without_neutral(config_json: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier: float, seed: int,
-            workdir: str, *, tuning: bool = False) -> dict[str, Any]:
+            workdir: epath.PathLike, *, tuning: bool = False) -> dict[str, Any]:
   """Trains and evaluates one (lr, seed) run of a method, or reads back its result.
 
   The run lives in WORKDIR/runs/<name>/<run_dir_name>. One with a
@@ -264,12 +265,11 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
     plus seed, lr_multiplier, peak_lr)}, as in its result.json.
   """
   config = run_config(compare_config, name, lr_multiplier, seed)
-  run_dir = os.path.join(workdir, RUNS_SUBDIR, name, run_dir_name(lr_multiplier, seed))
-  result_path = os.path.join(run_dir, RESULT_NAME)
+  run_dir = io_lib.as_path(workdir) / RUNS_SUBDIR / name / run_dir_name(lr_multiplier, seed)
+  result_path = run_dir / RESULT_NAME
   config_json = json.loads(config.to_json())
-  if os.path.exists(result_path):
-    with open(result_path, encoding="utf-8") as f:
-      result = json.load(f)
+  if result_path.exists():
+    result = json.loads(result_path.read_text(encoding="utf-8"))
     saved = config_version.upgrade(ml_collections.ConfigDict(result["config"]), result_path)
     if _without_neutral(json.loads(saved.to_json())) != _without_neutral(config_json):
       raise config_checks.ConfigError(
@@ -290,7 +290,7 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
     logging.warning("%s lr x%g seed %d diverged; never chosen: %s", name, lr_multiplier, seed,
                     error)
     result.update(diverged=str(error), val=None, row=None)
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     evaluation.write_json(result_path, result)
     return result
   train_seconds = time.perf_counter() - started
@@ -321,7 +321,7 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return row
 
 
-def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: str) -> dict:
+def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: epath.PathLike) -> dict:
   """The protocol of the module docstring for one method; returns its row.
 
   The row also holds `per_seed` (each seed's run row) and `tuning` (each
@@ -348,22 +348,22 @@ def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: st
              seeds=seeds, per_seed=per_seed,
              tuning=[dict(lr_multiplier=m, peak_lr=m * base_lr, seed=seeds[0], val_mse=mse,
                           chosen=i == index) for i, (m, mse) in enumerate(zip(grid, val_mses))])
-  evaluation.write_json(os.path.join(workdir, RUNS_SUBDIR, name, RESULT_NAME), dict(row=row))
+  evaluation.write_json(io_lib.as_path(workdir) / RUNS_SUBDIR / name / RESULT_NAME, dict(row=row))
   return row
 
 
-def _check_layout(workdir: str, names: Sequence[str]) -> None:
+def _check_layout(workdir: epath.PathLike, names: Sequence[str]) -> None:
   """Refuses a workdir whose method directories are runs of the single-seed comparison."""
   for name in names:
-    method_dir = os.path.join(workdir, RUNS_SUBDIR, name)
-    if any(os.path.exists(os.path.join(method_dir, entry))
+    method_dir = io_lib.as_path(workdir) / RUNS_SUBDIR / name
+    if any((method_dir / entry).exists()
            for entry in ("checkpoints", "metrics.jsonl")):
       raise config_checks.ConfigError(
           f"{method_dir} holds a run of the earlier single-seed comparison (one run per method);"
           " runs now live in <method>/lr<multiplier>_seed<seed>/. Use a new --workdir.")
 
 
-def compare(compare_config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def compare(compare_config: ml_collections.ConfigDict, workdir: epath.PathLike) -> list[dict]:
   """Runs (or resumes) the protocol of the module docstring for every method; writes the outputs.
 
   Returns:
@@ -371,13 +371,13 @@ def compare(compare_config: ml_collections.ConfigDict, workdir: str) -> list[dic
   """
   strategy = parallel.make(compare_config.train.parallelism)
   names = check(compare_config, strategy.num_devices)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if io_lib.is_file(workdir):
     raise errors.UserNotADirectoryError(f"--workdir={workdir} is a file; pass a directory.")
   with workdir_lock.WorkdirLock(workdir, "the comparison"):
     return _compare_locked(compare_config, workdir, names)
 
 
-def _compare_locked(compare_config: ml_collections.ConfigDict, workdir: str,
+def _compare_locked(compare_config: ml_collections.ConfigDict, workdir: epath.PathLike,
                     names: list[str]) -> list[dict]:
   _check_layout(workdir, names)
   rows, histories = [], {}
@@ -385,13 +385,13 @@ def _compare_locked(compare_config: ml_collections.ConfigDict, workdir: str,
   for name in names:
     row = run_method(compare_config, name, workdir)
     rows.append(row)
-    histories[name] = metric_writers.read_metrics(os.path.join(
-        workdir, RUNS_SUBDIR, name, run_dir_name(row["lr_multiplier"], first_seed)))
+    histories[name] = metric_writers.read_metrics(
+        io_lib.as_path(workdir) / RUNS_SUBDIR / name / run_dir_name(row["lr_multiplier"], first_seed))
   for stem, (markdown, csv_text) in (("table", comparison_report.format_table(rows)),
                                      ("tuning", comparison_report.format_tuning(rows))):
-    comparison_report.write_text(os.path.join(workdir, f"{stem}.md"), markdown)
-    comparison_report.write_text(os.path.join(workdir, f"{stem}.csv"), csv_text)
-  comparison_report.plot_curves(histories, os.path.join(workdir, "curves.png"),
+    comparison_report.write_text(io_lib.as_path(workdir) / f"{stem}.md", markdown)
+    comparison_report.write_text(io_lib.as_path(workdir) / f"{stem}.csv", csv_text)
+  comparison_report.plot_curves(histories, io_lib.as_path(workdir) / "curves.png",
                                 title=f"seed {first_seed} at each method's chosen lr")
-  comparison_report.plot_scatter(rows, os.path.join(workdir, "scatter.png"))
+  comparison_report.plot_scatter(rows, io_lib.as_path(workdir) / "scatter.png")
   return rows

@@ -11,6 +11,8 @@ import io
 import math
 from typing import Any, Sequence
 
+from etils import epath
+
 from gmvq_jax import io as io_lib
 
 # (key in a run's row, column header, format, measured) of table.md /
@@ -91,17 +93,17 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
   return caption + "\n".join(lines) + "\n", buffer.getvalue()
 
 
-def write_text(path: str, text: str) -> None:
-  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+def write_text(path: epath.PathLike, text: str) -> None:
+  with io_lib.atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
     f.write(text)
 
 
-def _save_figure(figure, path: str) -> None:
-  with io_lib.atomic_write(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+def _save_figure(figure, path: epath.PathLike) -> None:
+  with io_lib.atomic_write(path) as tmp, tmp.open("wb") as f:
+    figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> None:
+def plot_curves(histories: dict[str, list[dict]], path: epath.PathLike, title: str = "") -> None:
   """Training loss, reconstruction MSE and batch perplexity against step, one line per method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -130,7 +132,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") ->
   plt.close(figure)
 
 
-def plot_scatter(rows: Sequence[dict], path: str) -> None:
+def plot_scatter(rows: Sequence[dict], path: epath.PathLike) -> None:
   """Test MSE against hard perplexity, one labelled point per method, error bars one std."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

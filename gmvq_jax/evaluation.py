@@ -8,8 +8,8 @@ WORKDIR/reconstructions_val.png for the val split.
 from __future__ import annotations
 
 import json
-import os
 
+from etils import epath
 import jax
 
 from gmvq_jax import checkpointing
@@ -25,20 +25,20 @@ EVAL_KEYS = ("mse", "psnr", "perplexity", "hard_perplexity", "code_usage")
 EVAL_SPLITS = registry.EVAL_SPLITS  # ("val", "test").
 
 
-def output_paths(workdir: str, split: str = "test") -> tuple[str, str]:
+def output_paths(workdir: epath.PathLike, split: str = "test") -> tuple[epath.Path, epath.Path]:
   """(figures JSON, reconstructions PNG) that evaluate_workdir writes for `split`.
 
   The test split keeps the original names, eval.json and reconstructions.png;
   the val split's are eval_val.json and reconstructions_val.png.
   """
   suffix = "" if registry.check_eval_split(split) == "test" else f"_{split}"
-  return (os.path.join(workdir, f"eval{suffix}.json"),
-          os.path.join(workdir, f"reconstructions{suffix}.png"))
+  workdir = io_lib.as_path(workdir)
+  return workdir / f"eval{suffix}.json", workdir / f"reconstructions{suffix}.png"
 
 
-def restore_run(workdir: str):
+def restore_run(workdir: epath.PathLike):
   """Returns (config, state, dataset) of the latest checkpoint in `workdir`."""
-  if not os.path.isdir(workdir):
+  if not io_lib.as_path(workdir).is_dir():
     raise errors.UserFileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
   config = checkpointing.restore_config(workdir)
   dataset = data.from_config(config)
@@ -51,18 +51,18 @@ def restore_run(workdir: str):
   return config, state.replace(tx=train_lib.make_optimizer(config)), dataset
 
 
-def write_json(path: str, payload: dict) -> None:
+def write_json(path: epath.PathLike, payload: dict) -> None:
   """Writes JSON through a temporary file and a rename: never half-written."""
-  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+  with io_lib.atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
     json.dump(payload, f, indent=2)
     f.write("\n")
 
 
-def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16) -> dict:
+def evaluate_workdir(workdir: epath.PathLike, *, split: str = "test", num_images: int = 16) -> dict:
   """Evaluates the latest checkpoint of `workdir` on its val or test split.
 
   Args:
-    workdir: directory of a training run.
+    workdir: directory of a training run (local, or e.g. gs://bucket/run).
     split: "test" (the figures to report) or "val" (to choose
       hyperparameters on; never tune on "test").
     num_images: originals and reconstructions shown in the PNG.
@@ -95,16 +95,16 @@ def evaluate_workdir(workdir: str, *, split: str = "test", num_images: int = 16)
   return figures
 
 
-def _up_to_date(workdir: str, json_path: str, png_path: str | None) -> dict | None:
+def _up_to_date(workdir: epath.PathLike, json_path: epath.Path,
+                png_path: epath.Path | None) -> dict | None:
   """The figures of `json_path` if they are of the latest checkpoint (and the PNG exists)."""
-  if not os.path.isfile(json_path) or (png_path and not os.path.isfile(png_path)):
+  if not json_path.is_file() or (png_path and not png_path.is_file()):
     return None
   try:
-    with open(json_path, encoding="utf-8") as f:
-      figures = json.load(f)
+    figures = json.loads(json_path.read_text(encoding="utf-8"))
   except (OSError, ValueError):
     return None
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+  if not checkpointing.checkpoint_dir(workdir).is_dir():
     return None
   manager = checkpointing.make_manager(workdir, read_only=True)
   latest = manager.latest_step()

@@ -1,4 +1,8 @@
-"""Writing files so that a reader never sees a half-written one: temporary file, then rename."""
+"""Files of workdirs and data_dirs on any filesystem `etils.epath` reaches (local, gs://, ...).
+
+Writes go to a temporary file and a rename, so a reader never sees a
+half-written file. Every function takes a plain `str` or an `epath.Path`.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,45 @@ import contextlib
 import os
 from typing import Iterator
 
+from etils import epath
+
+
+def as_path(path: epath.PathLike) -> epath.Path:
+  """`path` as an `epath.Path`: a local path, or a URI such as gs://bucket/run."""
+  return epath.Path(path)
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on the local filesystem (no scheme://)."""
+  return "://" not in os.fspath(path)
+
+
+def is_file(path: epath.PathLike) -> bool:
+  """Whether `path` exists and is not a directory (e.g. a --workdir that names a file)."""
+  path = as_path(path)
+  return path.exists() and not path.is_dir()
+
 
 @contextlib.contextmanager
-def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
+def atomic_write(path: epath.PathLike, suffix: str = "") -> Iterator[epath.Path]:
   """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
 
   Args:
-    path: the destination.
+    path: the destination, local or remote.
     suffix: ending of the temporary name, for writers that add or read one
       (`np.savez` appends '.npz' to any other name).
 
+  Write through `tmp.open(...)` (builtin `open` reaches local paths only).
   The temporary file is removed if the block raises; `path` is then untouched.
+  On object stores (gs://) the rename is a copy and a delete: readers still
+  never see a partial object, since each object appears whole when written.
   """
-  tmp = f"{path}.tmp-{os.getpid()}{suffix}"
+  path = as_path(path)
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}{suffix}")
   try:
     yield tmp
-    os.replace(tmp, path)
+    tmp.replace(path)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    with contextlib.suppress(FileNotFoundError):
+      if tmp.exists():
+        tmp.unlink()

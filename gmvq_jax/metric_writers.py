@@ -1,19 +1,22 @@
 """Where metrics go: WORKDIR/metrics.jsonl, TensorBoard event files, the console.
 
-TensorBoard files are written with tensorboardX, so TensorFlow is not needed.
+TensorBoard files are written with tensorboardX, so TensorFlow is not needed;
+on a workdir that is not local (gs://...) they are written through epath.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
-import os
 import struct
 import sys
 import time
 import uuid
 from typing import Mapping, TextIO
 
+from etils import epath
 import numpy as np
 
 from gmvq_jax import io as io_lib
@@ -44,27 +47,24 @@ class MetricWriter:
       Files are rewritten through a rename.
   """
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
-    self.workdir = workdir
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  def __init__(self, workdir: epath.PathLike, *, tensorboard: bool = True,
+               resume_step: int | None = None):
+    self.workdir = io_lib.as_path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
     if resume_step is not None:
-      if os.path.exists(self.path):
+      if self.path.exists():
         _drop_records_after(self.path, resume_step)
-      drop_events_after(os.path.join(workdir, TENSORBOARD_SUBDIR), resume_step)
+      drop_events_after(self.workdir / TENSORBOARD_SUBDIR, resume_step)
     self._tensorboard = tensorboard
     self._file = None
     self._tb = None
 
   def _open(self) -> None:
-    os.makedirs(self.workdir, exist_ok=True)
-    self._file = open(self.path, "a", encoding="utf-8")
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._file = (self.path.open("a", encoding="utf-8") if io_lib.is_local(self.path)
+                  else _RewrittenFile(self.path))
     if self._tensorboard:
-      from tensorboardX import SummaryWriter  # Heavy import: only when asked for.
-
-      # Event files are named by the second they start in: a resume within the
-      # same second would otherwise overwrite the previous run's file.
-      self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD_SUBDIR),
-                               filename_suffix=f".{uuid.uuid4().hex[:8]}")
+      self._tb = _summary_writer(self.workdir / TENSORBOARD_SUBDIR)
 
   def write(self, step: int, split: str, figures: Mapping[str, object]) -> None:
     """Appends one record {step, split, **figures} (arrays become lists) and flushes."""
@@ -90,8 +90,73 @@ class MetricWriter:
     self._file = self._tb = None
 
 
-def _drop_records_after(path: str, step: int) -> None:
-  with open(path, encoding="utf-8") as f:
+class _RewrittenFile:
+  """A text file opened for appending on an object store (no appends there): rewritten on flush."""
+
+  def __init__(self, path: epath.Path):
+    self._path = path
+    self._text = io.StringIO()
+    if path.exists():
+      self._text.write(path.read_text(encoding="utf-8"))
+
+  def write(self, text: str) -> None:
+    self._text.write(text)
+
+  def flush(self) -> None:
+    self._path.write_text(self._text.getvalue(), encoding="utf-8")
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathRecordWriter:
+  """A tensorboardX event file on a non-local path: buffered, rewritten whole on flush."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    self._path.write_bytes(self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathRecordWriterFactory:
+  """tensorboardX's hook for a URI scheme: event files through epath, not its GCS client."""
+
+  def open(self, path: str) -> _EpathRecordWriter:
+    return _EpathRecordWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _summary_writer(directory: epath.Path):
+  """A tensorboardX SummaryWriter on `directory`, or None (logged) where it cannot write there."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top  # Heavy import.
+
+  try:
+    if not io_lib.is_local(directory):
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+
+      record_writer.register_writer_factory(str(directory).split("://")[0],
+                                            _EpathRecordWriterFactory())
+    # Event files are named by the second they start in: a resume within the
+    # same second would otherwise overwrite the previous run's file.
+    return SummaryWriter(str(directory), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+  except Exception as error:  # pylint: disable=broad-except  # TensorBoard is optional.
+    logging.warning("TensorBoard event files are not written to %s (%s: %s); metrics.jsonl"
+                    " still is.", directory, type(error).__name__, error)
+    return None
+
+
+def _drop_records_after(path: epath.Path, step: int) -> None:
+  with path.open(encoding="utf-8") as f:
     lines = [line for line in f if line.strip()]
   kept = []
   for line in lines:
@@ -103,26 +168,25 @@ def _drop_records_after(path: str, step: int) -> None:
     kept.append(line if line.endswith("\n") else line + "\n")
   if len(kept) == len(lines):
     return
-  with io_lib.atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+  with io_lib.atomic_write(path) as tmp, tmp.open("w", encoding="utf-8") as f:
     f.writelines(kept)
 
 
-def drop_events_after(directory: str, step: int) -> None:
+def drop_events_after(directory: epath.PathLike, step: int) -> None:
   """Drops the TensorBoard summaries of steps after `step` from every event file in `directory`.
 
   Event files are TFRecord files (length, CRC, Event proto, CRC); kept
   records are copied byte for byte. A file left with no summary is removed.
   """
-  if not os.path.isdir(directory):
+  directory = io_lib.as_path(directory)
+  if not directory.is_dir():
     return
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
 
-  for name in sorted(os.listdir(directory)):
-    if "tfevents" not in name or ".tmp-" in name:
+  for path in sorted(directory.iterdir()):
+    if "tfevents" not in path.name or ".tmp-" in path.name:
       continue
-    path = os.path.join(directory, name)
-    with open(path, "rb") as f:
-      contents = f.read()
+    contents = path.read_bytes()
     kept, summaries, offset, changed = [], 0, 0, False
     while offset < len(contents):
       if offset + 12 > len(contents):
@@ -143,19 +207,19 @@ def drop_events_after(directory: str, step: int) -> None:
     if not changed:
       continue
     if not summaries:
-      os.remove(path)
+      path.unlink()
       continue
-    with io_lib.atomic_write(path) as tmp, open(tmp, "wb") as f:
+    with io_lib.atomic_write(path) as tmp, tmp.open("wb") as f:
       f.writelines(kept)
 
 
-def recorded_figures(workdir: str, step: int, split: str) -> dict | None:
+def recorded_figures(workdir: epath.PathLike, step: int, split: str) -> dict | None:
   """The figures of the (step, split) record in WORKDIR/metrics.jsonl, or None."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = io_lib.as_path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return None
   found = None
-  with open(path, encoding="utf-8") as f:
+  with path.open(encoding="utf-8") as f:
     for line in f:
       try:
         record = json.loads(line)
@@ -166,9 +230,9 @@ def recorded_figures(workdir: str, step: int, split: str) -> dict | None:
   return found
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: epath.PathLike) -> list[dict]:
   """Reads WORKDIR/metrics.jsonl back as a list of dicts."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+  with (io_lib.as_path(workdir) / "metrics.jsonl").open(encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Callable
 
+from etils import epath
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -23,10 +23,10 @@ from gmvq_jax import metric_writers
 FINAL_SPLITS = ("val", "test")
 
 
-def open_manager(workdir: str, config: ml_collections.ConfigDict,
+def open_manager(workdir: epath.PathLike, config: ml_collections.ConfigDict,
                  cleanup: contextlib.ExitStack) -> ocp.CheckpointManager:
   """The run's CheckpointManager, closed by `cleanup` (which removes a checkpoints/ left empty)."""
-  existed = os.path.isdir(checkpointing.checkpoint_dir(workdir))
+  existed = checkpointing.checkpoint_dir(workdir).is_dir()
   with errors.activity(f"opening {checkpointing.checkpoint_dir(workdir)}"):
     manager = checkpointing.make_manager(workdir, max_to_keep=config.keep_checkpoints)
 
@@ -39,7 +39,7 @@ def open_manager(workdir: str, config: ml_collections.ConfigDict,
   return manager
 
 
-def finished_run(config: ml_collections.ConfigDict, workdir: str, step: int, primary: bool,
+def finished_run(config: ml_collections.ConfigDict, workdir: epath.PathLike, step: int, primary: bool,
                  evaluate_split: Callable[[str], dict]) -> dict:
   """The test figures of a run whose checkpoint is at or past num_steps; trains nothing.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from gmvq_jax import config_checks
 from gmvq_jax import data
 from gmvq_jax import errors
 from gmvq_jax import faults
+from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
 from gmvq_jax import methods
 from gmvq_jax import parallel
@@ -352,7 +352,7 @@ def train_and_evaluate(
       is in use (nothing is written); a save ran out of space (the last one is kept).
   """
   config_checks.validate(config, jax.device_count())
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if io_lib.is_file(workdir):
     raise errors.UserNotADirectoryError(
         f"--workdir={workdir} is a file; pass a directory (it is created"
         " if absent). The file was left untouched.")

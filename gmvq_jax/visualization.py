@@ -6,6 +6,7 @@ half-written picture.
 
 from __future__ import annotations
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -25,15 +26,15 @@ def image_grid(rows: np.ndarray, padding: int = 2) -> np.ndarray:
   return np.round(grid * 255.0).astype(np.uint8)
 
 
-def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
-  """Writes a uint8 (H, W, 3) image, enlarged `scale` times (nearest neighbour)."""
+def save_png(path: epath.PathLike, image: np.ndarray, scale: int = 1) -> None:
+  """Writes a uint8 (H, W, 3) image, enlarged `scale` times (nearest neighbour), to a local or gs:// path."""
   picture = Image.fromarray(image)
   if scale > 1:
     picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
-  with io_lib.atomic_write(path) as tmp:
-    picture.save(tmp, format="PNG")
+  with io_lib.atomic_write(path) as tmp, tmp.open("wb") as f:
+    picture.save(f, format="PNG")
 
 
-def save_reconstructions(path: str, pairs: np.ndarray, scale: int = 4) -> None:
+def save_reconstructions(path: epath.PathLike, pairs: np.ndarray, scale: int = 4) -> None:
   """Originals above reconstructions: `pairs` is (2, n, H, W, 3) in [0, 1]."""
   save_png(path, image_grid(pairs), scale=scale)

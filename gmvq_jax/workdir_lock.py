@@ -7,10 +7,17 @@ anything. A lock left by a process that is gone (e.g. after `kill -9`) is
 taken over with a one-line warning: on the holder's own host when its pid no
 longer exists; from another host (a shared file system) when its heartbeat,
 refreshed every HEARTBEAT_S seconds, is older than STALE_AFTER_S.
+
+On a workdir that is not local (gs://..., through etils.epath) there is no
+exclusive create: the lock is written if absent, then read back after
+_SETTLE_S seconds, and only a run that still finds its own token holds it.
+Two runs whose writes land more than _SETTLE_S apart are told apart; two
+started within that window of each other may both proceed (best effort).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -22,7 +29,10 @@ import time
 import uuid
 from typing import Any, Callable
 
+from etils import epath
+
 from gmvq_jax import errors
+from gmvq_jax import io as io_lib
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
@@ -32,21 +42,22 @@ STALE_AFTER_S = 300.0
 # A lock file still empty or half-written after this long was left by a
 # process killed while creating it.
 _TORN_AFTER_S = 10.0
+# Object stores: how long a written lock is left before it is read back.
+_SETTLE_S = 2.0
 
 
 class WorkdirBusyError(errors.UserError):
   """Another live run holds the workdir's lock."""
 
 
-def lock_path(workdir: str) -> str:
-  return os.path.join(workdir, LOCK_NAME)
+def lock_path(workdir: epath.PathLike) -> epath.Path:
+  return io_lib.as_path(workdir) / LOCK_NAME
 
 
-def read_holder(workdir: str) -> dict[str, Any] | None:
+def read_holder(workdir: epath.PathLike) -> dict[str, Any] | None:
   """The lock's JSON record, None when there is no lock, {} when it is unreadable."""
   try:
-    with open(lock_path(workdir), encoding="utf-8") as f:
-      holder = json.load(f)
+    holder = json.loads(lock_path(workdir).read_text(encoding="utf-8"))
     return holder if isinstance(holder, dict) else {}
   except FileNotFoundError:
     return None
@@ -109,11 +120,13 @@ class WorkdirLock:
       not a directory, no lock is taken (the command reports it).
   """
 
-  def __init__(self, workdir: str, command: str = "a run", *, enabled: bool = True,
+  def __init__(self, workdir: epath.PathLike, command: str = "a run", *, enabled: bool = True,
                create: bool = True):
-    enabled = enabled and (create or os.path.isdir(workdir))
+    workdir = io_lib.as_path(workdir)
+    enabled = enabled and (create or workdir.is_dir())
     self.workdir, self.command, self.enabled = workdir, command, enabled
     self.path = lock_path(workdir)
+    self._local = io_lib.is_local(workdir)
     self._token = uuid.uuid4().hex
     self._started = time.time()
     self._stop = threading.Event()
@@ -135,6 +148,8 @@ class WorkdirLock:
                            heartbeat=time.time(), token=self._token)).encode()
 
   def _create(self) -> bool:
+    if not self._local:
+      return self._create_remote()
     try:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -148,10 +163,19 @@ class WorkdirLock:
     os.close(fd)
     return True
 
+  def _create_remote(self) -> bool:
+    """Write if absent, then read back: the best an object store offers through epath."""
+    if self.path.exists():
+      return False
+    self.path.write_bytes(self._record())
+    time.sleep(_SETTLE_S)
+    holder = read_holder(self.workdir)
+    return bool(holder) and holder.get("token") == self._token
+
   def acquire(self) -> None:
     """Creates the lock, taking over a stale one; raises WorkdirBusyError if it is held."""
-    self._created_workdir = not os.path.exists(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    self._created_workdir = not self.workdir.exists()
+    self.workdir.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # A stale lock may vanish or change between the checks.
       if self._create():
         break
@@ -159,7 +183,7 @@ class WorkdirLock:
       if holder is None:
         continue
       try:
-        mtime = os.path.getmtime(self.path)
+        mtime = os.path.getmtime(self.path) if self._local else self.path.stat().mtime
       except FileNotFoundError:
         continue
       reason = stale_reason(holder, mtime)
@@ -181,6 +205,12 @@ class WorkdirLock:
     self._thread.start()
 
   def _take_over(self, stale: dict[str, Any]) -> bool:
+    if not self._local:  # No atomic rename: delete the lock judged stale, then create.
+      if read_holder(self.workdir) != stale:
+        return False
+      with contextlib.suppress(FileNotFoundError):
+        self.path.unlink()
+      return self._create()
     # Rename first, so of two runs taking over at once only one wins the rename;
     # if what was renamed is not the stale lock that was judged, put it back.
     aside = f"{self.path}.stale-{self._token}"
@@ -210,6 +240,9 @@ class WorkdirLock:
         holder = read_holder(self.workdir)
         if not holder or holder.get("token") != self._token:
           return  # Taken away (deleted by hand); never recreate it behind a user's back.
+        if not self._local:  # An object is replaced whole: no temporary needed.
+          self.path.write_bytes(self._record())
+          continue
         tmp = f"{self.path}.beat-{self._token}"
         with open(tmp, "wb") as f:
           f.write(self._record())
@@ -226,8 +259,8 @@ class WorkdirLock:
     holder = read_holder(self.workdir)
     if holder and holder.get("token") == self._token:
       try:
-        os.remove(self.path)
-        if self._created_workdir and not os.listdir(self.workdir):
+        self.path.unlink()
+        if self._created_workdir and self._local and not os.listdir(self.workdir):
           os.rmdir(self.workdir)  # A run that wrote nothing leaves nothing.
       except OSError:
         pass

@@ -19,6 +19,7 @@ that was interrupted. Override a field of every method with
 
 from absl import app
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from gmvq_jax import comparison
@@ -38,8 +39,7 @@ def main(argv):
   common.setup_logging()
   with common.user_errors():
     comparison.compare(_CONFIG.value, _WORKDIR.value)
-  with open(f"{_WORKDIR.value}/table.md", encoding="utf-8") as f:
-    print(f.read())
+  print((epath.Path(_WORKDIR.value) / "table.md").read_text(encoding="utf-8"))
   print("Wrote table.md, table.csv, tuning.md, tuning.csv, curves.png and scatter.png in",
         _WORKDIR.value)
 

@@ -13,9 +13,11 @@ import sys
 
 from absl import app
 from absl import flags
+from etils import epath
 import tensorflow_datasets as tfds
 
 from gmvq_jax import errors
+from gmvq_jax import io as io_lib
 from gmvq_jax.data import tfds_source
 from launch import common
 
@@ -77,14 +79,14 @@ def prepare(name: str, data_dir: str | None) -> str:
     raise PrepareError(
         f"Unknown dataset {name!r}; launch.prepare_data builds the TFDS datasets {allowed}."
         " ('embedded' needs no preparation; 'folder' and 'npz' read your own files directly.)")
-  if data_dir is not None:
+  if data_dir is not None and io_lib.is_local(data_dir):  # gs://... is passed as it is.
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   # Without file_format, the builder reports the formats already on disk.
   existing = tfds.builder(name, data_dir=data_dir)
   root, path = os.fspath(existing.data_dir_root), os.fspath(existing.data_path)
   # TFDS skips building whenever this version's folder exists, so whatever is
   # there decides. (Checked first: is_prepared() warns about absent folders.)
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     if not existing.is_prepared():
       raise PrepareError(
           f"{path} exists but holds no complete dataset (no dataset_info.json; an interrupted"
@@ -101,7 +103,7 @@ def prepare(name: str, data_dir: str | None) -> str:
   if name == "imagenet2012":
     manual = tfds_source.manual_dir(root)
     absent = [f for f in tfds_source.IMAGENET_MANUAL_FILES
-              if not os.path.exists(os.path.join(manual, f))]
+              if not (epath.Path(manual) / f).exists()]
     if absent:
       raise PrepareError(" ".join(tfds_source.download_notes(name, root))
                          + f" Missing: {', '.join(absent)}.")

@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+from etils import epath
 import numpy as np
 
 from gmvq_jax import evaluation
@@ -60,12 +61,11 @@ class EvaluateWorkdirTest(absltest.TestCase):
 
   def test_val_and_test_write_their_own_files(self):
     workdir = self._copy()
-    self.assertEqual(evaluation.output_paths(workdir),
-                     (os.path.join(workdir, "eval.json"),
-                      os.path.join(workdir, "reconstructions.png")))
+    self.assertEqual(evaluation.output_paths(workdir),  # epath.Path, so gs:// works too.
+                     (epath.Path(workdir, "eval.json"), epath.Path(workdir, "reconstructions.png")))
     self.assertEqual(evaluation.output_paths(workdir, "val"),
-                     (os.path.join(workdir, "eval_val.json"),
-                      os.path.join(workdir, "reconstructions_val.png")))
+                     (epath.Path(workdir, "eval_val.json"),
+                      epath.Path(workdir, "reconstructions_val.png")))
     test = evaluation.evaluate_workdir(workdir, num_images=4)  # split="test" by default.
     self.assertEqual(self._read_json(os.path.join(workdir, "eval.json")),
                      json.loads(json.dumps(test)))

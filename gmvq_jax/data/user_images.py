@@ -19,6 +19,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from gmvq_jax import errors
+from gmvq_jax import io as io_lib
 from gmvq_jax.data import images as image_ops
 from gmvq_jax.data import shuffling
 
@@ -86,10 +87,12 @@ def _check_num_eval(num_eval_examples: int | None, test_size: int, where: str) -
 
 
 def find_images(directory: str) -> list[str]:
-  """Paths of the .png/.jpg/.jpeg files under `directory`, recursively, sorted.
+  """Paths of the .png/.jpg/.jpeg files under `directory` (local or gs://...), recursively, sorted.
 
   Files and folders whose names start with '.' (e.g. macOS's '._x.jpg') are skipped.
   """
+  if not io_lib.is_local(directory):
+    return sorted(_find_remote_images(io_lib.as_path(directory)))
   paths = []
   for root, dirs, files in os.walk(directory, followlinks=True):
     dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -98,10 +101,22 @@ def find_images(directory: str) -> list[str]:
   return sorted(paths)
 
 
+def _find_remote_images(directory) -> list[str]:
+  paths = []
+  for child in directory.iterdir():
+    if child.name.startswith("."):
+      continue
+    if child.is_dir():
+      paths += _find_remote_images(child)
+    elif child.name.lower().endswith(IMAGE_EXTENSIONS):
+      paths.append(os.fspath(child))
+  return paths
+
+
 def _open_problem(path: str) -> str | None:
   """Why PIL cannot open `path`, or None if it can (a cheap check: no full decode)."""
   try:
-    with Image.open(path) as image:
+    with io_lib.as_path(path).open("rb") as f, Image.open(f) as image:
       image.verify()  # Parses the structure (PNG chunk CRCs), without decoding pixels.
   except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
     return f"{type(error).__name__}: {error}"
@@ -119,7 +134,7 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     DataError: the file cannot be decoded, naming it.
   """
   try:
-    with Image.open(path) as image:
+    with io_lib.as_path(path).open("rb") as f, Image.open(f) as image:
       image.draft("RGB", (image_size, image_size))  # A no-op except for JPEG.
       image = ImageOps.exif_transpose(image)
       if image.mode in ("I", "I;16", "I;16L", "I;16B"):  # 16-bit greyscale PNG.
@@ -165,13 +180,13 @@ class FolderDataset(shuffling.ShuffledSplits):
     if data_dir is None:
       raise errors.DataError(f"config.data_dir is not set; {FOLDER_LAYOUT}.")
     self.data_dir = os.path.expanduser(os.fspath(data_dir))
-    if not os.path.exists(self.data_dir):
+    if not io_lib.as_path(self.data_dir).exists():
       raise errors.DataError(f"config.data_dir={self.data_dir!r} does not exist; {FOLDER_LAYOUT}.")
-    if not os.path.isdir(self.data_dir):
+    if not io_lib.as_path(self.data_dir).is_dir():
       raise errors.DataError(f"config.data_dir={self.data_dir!r} is a file, not a directory;"
                       f" {FOLDER_LAYOUT} (for an .npz file use dataset='npz').")
     self._files = {split: self._split_files(split) for split in SPLITS}
-    if os.path.isdir(os.path.join(self.data_dir, VAL_SPLIT)):
+    if (io_lib.as_path(self.data_dir) / VAL_SPLIT).is_dir():
       self._files[VAL_SPLIT] = self._split_files(VAL_SPLIT)
     logging.info("Checking %s images under %s.", ", ".join(
         f"{len(files)} {split}" for split, files in self._files.items()), self.data_dir)
@@ -184,7 +199,7 @@ class FolderDataset(shuffling.ShuffledSplits):
       logging.info("No %s/ folder: the last %d of the %d training images (sorted by path) are"
                    " the validation split.", VAL_SPLIT, held_out, train_size)
       for other in ("validation", "valid"):
-        if os.path.isdir(os.path.join(self.data_dir, other)):
+        if (io_lib.as_path(self.data_dir) / other).is_dir():
           logging.warning("%s/ is ignored: the validation images are read from %s/ only.",
                           os.path.join(self.data_dir, other), VAL_SPLIT)
     self.num_eval_examples = _check_num_eval(
@@ -195,8 +210,8 @@ class FolderDataset(shuffling.ShuffledSplits):
 
   def _split_files(self, split: str) -> list[str]:
     directory = os.path.join(self.data_dir, split)
-    if not os.path.isdir(directory):
-      present = sorted(os.listdir(self.data_dir))
+    if not io_lib.as_path(directory).is_dir():
+      present = sorted(path.name for path in io_lib.as_path(self.data_dir).iterdir())
       shown = ", ".join(present[:_SHOWN_FILES]) + (", ..." if len(present) > _SHOWN_FILES else "")
       raise errors.DataError(f"{self.data_dir} has no {split}/ subdirectory (it holds:"
                       f" {shown or 'nothing'}); {FOLDER_LAYOUT}.")
@@ -286,9 +301,9 @@ class NpzDataset(shuffling.ShuffledSplits):
     if data_dir is None:
       raise errors.DataError(f"config.data_dir is not set; {NPZ_LAYOUT}.")
     self.path = os.path.expanduser(os.fspath(data_dir))
-    if not os.path.exists(self.path):
+    if not io_lib.as_path(self.path).exists():
       raise errors.DataError(f"config.data_dir={self.path!r} does not exist; {NPZ_LAYOUT}.")
-    if os.path.isdir(self.path):
+    if io_lib.as_path(self.path).is_dir():
       raise errors.DataError(f"config.data_dir={self.path!r} is a directory; {NPZ_LAYOUT}"
                       " (for a folder of image files use dataset='folder').")
     self._arrays = self._load()
@@ -303,8 +318,12 @@ class NpzDataset(shuffling.ShuffledSplits):
                      held_out=held_out or 0, num_eval_examples=num_eval_examples)
 
   def _load(self) -> dict[str, np.ndarray]:
+    with io_lib.as_path(self.path).open("rb") as f:
+      return self._load_archive(f)
+
+  def _load_archive(self, f) -> dict[str, np.ndarray]:
     try:
-      archive = np.load(self.path, allow_pickle=False)
+      archive = np.load(f, allow_pickle=False)
     except Exception as error:  # Not a zip, not an array, ...
       raise errors.DataError(f"Cannot read {self.path} as an .npz file ({type(error).__name__}:"
                       f" {error}); {NPZ_LAYOUT}.") from error
