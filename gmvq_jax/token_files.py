@@ -159,4 +159,5 @@ def load(path: epath.PathLike) -> tuple[np.ndarray, dict[str, np.ndarray], dict]
       raise
     raise TokenFileError(
         f"{path} is not a readable token file ({error}): damaged or cut short (a full disk, an"
-        f" interrupted copy?). Write it again with `{TOKENIZE_COMMAND}`.") from error
+        f" interrupted copy?). Write it again with `{TOKENIZE_COMMAND}` (GQ: `launch.quantize`)."
+    ) from error
