@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Any
 
 from absl import logging
@@ -155,13 +156,19 @@ class Tokenizer:
     """(B, h, w, t) integer tokens -> (B, H, W, 3) float32 images, as the decoder gives them.
 
     Args:
-      tokens: from `encode` or a token file.
+      tokens: from `encode`, or the path of a token file (checked with
+        `check_file` before anything runs).
       metadata: a token file's metadata; when given, tokens of another
         checkpoint or codebook are refused (`check_metadata`).
     """
-    if metadata is not None:
-      self.check_metadata(metadata)
-    self.check_tokens(tokens)
+    if isinstance(tokens, (str, os.PathLike)):
+      path = str(tokens)
+      tokens, arrays, metadata = token_files.load(path)
+      self.check_file(tokens, arrays, metadata, path)
+    else:
+      if metadata is not None:
+        self.check_metadata(metadata)
+      self.check_tokens(tokens)
     return self._decode(self._variables, jnp.asarray(tokens, jnp.int32))
 
   # ------------------------------------------------------------- checks
@@ -199,6 +206,25 @@ class Tokenizer:
             f" {expected.shape}; decode with the workdir whose model made these tokens.")
       if not np.all(np.isfinite(arrays[name])):
         raise token_files.TokenFileError(f"{path}: {name} holds non-finite values.")
+
+  def check_file(self, tokens: np.ndarray, arrays: dict[str, np.ndarray], metadata: dict,
+                 path: str) -> None:
+    """TokenFileError unless a loaded token file fits this tokenizer, checked in that order:
+
+    its codebook arrays' names and shapes, that they are the ones its codebook
+    fingerprint names (not changed since), the tokens' grid and range, and
+    that its fingerprints are this checkpoint's and codebook's.
+    """
+    self.check_codebook_arrays(arrays, path)
+    stored = token_files.codebook_fingerprint(metadata.get("method"),
+                                              metadata.get("quantizer", {}), arrays)
+    if "checkpoint_fingerprint" in metadata and stored != metadata.get("codebook_fingerprint"):
+      raise token_files.ForeignTokensError(
+          f"{path}: its codebook arrays were changed after the tokens were written (they no"
+          " longer match its codebook fingerprint); tokenize again with"
+          f" `{token_files.TOKENIZE_COMMAND}`.")
+    self.check_tokens(tokens, path)
+    self.check_metadata(metadata, path)
 
   def check_metadata(self, metadata: dict, path: str = "the tokens") -> None:
     """ForeignTokensError unless `metadata` names this checkpoint and codebook."""
@@ -360,9 +386,7 @@ def decode_file(workdir: str, tokens_path: epath.PathLike, *,
   path = str(tokens_path)
   tokens, arrays, metadata = token_files.load(tokens_path)
   config, state, _ = evaluation.restore_run(str(workdir))
-  if "checkpoint_fingerprint" not in metadata:
-    tokenizer = _legacy_tokenizer(config, state, arrays, metadata, path)
-  else:
+  if "checkpoint_fingerprint" in metadata:
     if metadata.get("method") != config.method:
       raise token_files.ForeignTokensError(
           f"{path} holds tokens of a {metadata.get('method')!r} run, but --workdir={workdir} is a"
@@ -371,17 +395,10 @@ def decode_file(workdir: str, tokens_path: epath.PathLike, *,
     if methods.make_quantizer(config).posterior is not None:  # The file's offline codebook.
       options = dict(codebook_seed=metadata.get("codebook_seed"), sampler=metadata.get("sampler"))
     tokenizer = Tokenizer(config, state, **options)
-    tokenizer.check_codebook_arrays(arrays, path)
-    stored = token_files.codebook_fingerprint(metadata.get("method"),
-                                              metadata.get("quantizer", {}), arrays)
-    if stored != metadata.get("codebook_fingerprint"):
-      raise token_files.ForeignTokensError(
-          f"{path}: its codebook arrays were changed after the tokens were written (they no"
-          " longer match its codebook fingerprint); tokenize again with"
-          f" `{token_files.TOKENIZE_COMMAND}`.")
-  tokenizer.check_tokens(tokens, path)
-  if "checkpoint_fingerprint" in metadata:
-    tokenizer.check_metadata(metadata, path)
+    tokenizer.check_file(tokens, arrays, metadata, path)
+  else:
+    tokenizer = _legacy_tokenizer(config, state, arrays, metadata, path)
+    tokenizer.check_tokens(tokens, path)
   stem = path[:-4] if path.endswith(".npz") else path
   output = epath.Path(output or f"{stem}_decoded.npz")
   if output.suffix == ".npz" and output.resolve() == tokens_path.resolve():

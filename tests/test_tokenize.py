@@ -118,6 +118,7 @@ class TokenFileTest(absltest.TestCase):
     self.assertEqual(metadata["codebook_fingerprint"], tokenizer.codebook_fingerprint)
     with open(str(self.vq_tokens.with_suffix(".json"))) as f:
       self.assertEqual(json.load(f), metadata)
+    np.testing.assert_array_equal(tokenizer.decode(str(self.vq_tokens)), tokenizer.decode(tokens))
     path, decoded = self._decode(self.workdirs["vq"], self.vq_tokens)
     np.testing.assert_allclose(decoded, np.clip(np.asarray(tokenizer.decode(tokens)), 0, 1),
                                atol=1e-6)
@@ -149,6 +150,8 @@ class TokenFileTest(absltest.TestCase):
     with self.assertRaisesRegex(token_files.ForeignTokensError, "changed after the tokens"):
       tokenizer_lib.decode_file(self.workdirs["vq"], changed)
     self.assertFalse(os.path.exists(os.path.join(directory, "changed_decoded.npz")))
+    with self.assertRaisesRegex(token_files.ForeignTokensError, "changed after the tokens"):
+      tokenizer_lib.Tokenizer.from_workdir(self.workdirs["vq"]).decode(changed)
     # The model's own codebook moved by +0.5: its tokens mean other codewords now.
     config, state, _ = tokenizer_lib.evaluation.restore_run(self.workdirs["vq"])
     quantizer = dict(state.params["quantizer"], codebook=state.params["quantizer"]["codebook"] + 0.5)
