@@ -97,30 +97,28 @@ class Tokenizer:
     self.step = int(state.step)
     self.image_shape = (config.image_size, config.image_size, 3)
     self._variables = {"params": state.params, "batch_stats": state.batch_stats}
-    model = train_lib.build_model(token_config, quantizer=self.quantizer)
-    quantizer_params = (None if self.quantizer.init_params is None
-                        else state.params[self.quantizer.params_name])
+    quantizer = self.quantizer
+    model = train_lib.build_model(token_config, quantizer=quantizer)
+    has_params = quantizer.init_params is not None
+
+    def quantizer_params(variables):
+      return variables["params"][quantizer.params_name] if has_params else None
 
     def encode(variables, images):
       z = model.apply(variables, images, False, method=model.encode)
-      return self.quantizer.tokenize(quantizer_params_of(variables), z).astype(jnp.int32)
+      return quantizer.tokenize(quantizer_params(variables), z).astype(jnp.int32)
 
     def decode(variables, tokens):
-      z_q = self.quantizer.detokenize(quantizer_params_of(variables), tokens)
+      z_q = quantizer.detokenize(quantizer_params(variables), tokens)
       return model.apply(variables, z_q, False, method=model.decode)
-
-    def quantizer_params_of(variables):
-      if quantizer_params is None:
-        return None
-      return variables["params"][self.quantizer.params_name]
 
     self._encode, self._decode = jax.jit(encode), jax.jit(decode)
     sample = jax.ShapeDtypeStruct((1,) + self.image_shape, jnp.float32)
     self.token_shape = tuple(jax.eval_shape(encode, self._variables, sample).shape[1:])
     self.codebook_size = int(self.quantizer.codebook_size)
-    self.codebook_arrays = ({} if quantizer_params is None
-                            else token_files.named_leaves(quantizer_params, "quantizer"))
-    if self.quantizer.posterior is not None:
+    self.codebook_arrays = ({} if not has_params else token_files.named_leaves(
+        quantizer_params(self._variables), "quantizer"))
+    if quantizer.posterior is not None:
       self.codebook_arrays["codebook"] = np.asarray(gq.config_codebook(token_config.quantizer))
     self.checkpoint_fingerprint = token_files.checkpoint_fingerprint(
         config.to_json(sort_keys=True), state.params, state.batch_stats)
