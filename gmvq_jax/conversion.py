@@ -2,17 +2,15 @@
 
 `convert` samples the fixed N(0, I) codebook, quantizes the posterior means
 of a split (docs/algorithms.md, "GQ") and writes tokens, report and pictures;
-`decode` turns a token file back into images. Used by `launch.quantize`
-and `launch.decode`.
+`decode` turns a token file back into images (through gmvq_jax.tokenizer).
+Used by `launch.quantize` and `launch.decode`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import zipfile
 from typing import Any, Iterator
 
 import jax
@@ -23,14 +21,14 @@ import numpy as np
 from gmvq_jax import checkpointing
 from gmvq_jax import errors
 from gmvq_jax import evaluation
-from gmvq_jax import io as io_lib
 from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
+from gmvq_jax import token_files
+from gmvq_jax import tokenizer as tokenizer_lib
 from gmvq_jax import train_lib
 from gmvq_jax import visualization
 from gmvq_jax import workdir_lock
 from gmvq_jax.data import pipeline
-from gmvq_jax.models import networks
 from gmvq_jax.quantizers import gq
 from gmvq_jax.quantizers import gq_codebook
 
@@ -38,7 +36,7 @@ TOKENS_SUBDIR = "tokens"
 REPORT_NAME = "gq_report.json"
 PICTURE_NAME = "gq_reconstructions.png"
 SPLITS = ("test", "train")
-TOKEN_FILE_VERSION = 2  # 2: metadata names the prior weight prior_weight (was beta).
+TOKEN_FILE_VERSION = token_files.VERSION
 HISTOGRAM_BIN_BITS = 0.25  # Width of the per-token KL histogram's bins.
 PERCENTILES = (1, 5, 50, 95, 99)  # Reported levels of the per-token KL bits.
 REPORT_KEYS = ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "codebook_size", "code_usage",
@@ -52,91 +50,28 @@ class ConversionError(errors.UserError, ValueError):
   """A flag or a workdir that the offline GQ step cannot use; the message says why."""
 
 
-class TokenFileError(ConversionError):
+class TokenFileError(ConversionError, token_files.TokenFileError):
   """A token file that does not fit the checkpoint it is decoded with."""
 
 
 # -------------------------------------------------------------- token files
 
 
-def latent_grid(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(h, w, c/m): the token grid of one image under a GQ config."""
-  side = config.image_size // networks.downsampling_factor(config.model.channels)
-  q = config.quantizer
-  return side, side, q.latent_dim // q.group_size
-
-
-def save_tokens(path: str, tokens: np.ndarray, codebook: np.ndarray, metadata: dict) -> None:
-  """Writes tokens, codebook and metadata to one .npz, via a temporary file and a rename.
-
-  Args:
-    path: destination, ending in .npz.
-    tokens: (N, h, w, c/m) integer codebook indices.
-    codebook: (K, m) float32 codewords.
-    metadata: JSON-serialisable facts about the conversion (K, m, seed, ...).
-  """
-  with io_lib.atomic_write(path, ".npz") as tmp:
-    np.savez(tmp, tokens=np.asarray(tokens, np.int32), codebook=np.asarray(codebook, np.float32),
-             metadata=np.asarray(json.dumps(metadata, sort_keys=True)))
-
-
 def load_tokens(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """Reads a token file written by `save_tokens`: (tokens, codebook, metadata).
+  """Reads a GQ token file (gmvq_jax.token_files): (tokens, codebook, metadata).
 
   Raises:
     errors.UserFileNotFoundError: no such file.
-    TokenFileError: not a token file (missing arrays, unreadable).
+    TokenFileError: not a GQ token file (missing arrays, unreadable).
   """
-  if not os.path.isfile(path):
-    raise errors.UserFileNotFoundError(
-        f"--tokens={path} is not a file; `launch.quantize` writes them under"
-        f" WORKDIR/{TOKENS_SUBDIR}/.")
   try:
-    with np.load(path, allow_pickle=False) as contents:
-      missing = {"tokens", "codebook", "metadata"} - set(contents.files)
-      if missing:
-        raise TokenFileError(f"{path} lacks {sorted(missing)}: not a token file written by"
-                             " `launch.quantize`.")
-      return contents["tokens"], contents["codebook"], json.loads(str(contents["metadata"]))
-  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-    if isinstance(error, TokenFileError):
-      raise
-    raise TokenFileError(
-        f"{path} is not a readable token file ({error}): damaged or cut short (a full disk, an"
-        " interrupted copy?). Write it again with `python -m launch.quantize --workdir=...`."
-    ) from error
-
-
-def check_tokens(tokens: np.ndarray, codebook: np.ndarray, config: ml_collections.ConfigDict,
-                 *, path: str = "the token file") -> None:
-  """Raises TokenFileError unless tokens and codebook fit the model of `config`.
-
-  Checks the codebook is (K, m) for the checkpoint's K and m and finite, and
-  that tokens are integers of shape (N, h, w, c/m) in [0, K).
-  """
-  q = config.quantizer
-  num_codes, group = 2**q.log2_codebook_size, q.group_size
-  if codebook.shape != (num_codes, group):
-    raise TokenFileError(
-        f"{path}: codebook of shape {codebook.shape}, but the checkpoint was trained for K ="
-        f" 2^{q.log2_codebook_size} = {num_codes} codewords of m = {group} dimensions; decode"
-        " with the workdir whose model made these tokens.")
-  if not np.all(np.isfinite(codebook)):
-    raise TokenFileError(f"{path}: the codebook holds non-finite values.")
-  grid = latent_grid(config)
-  if tokens.ndim != 4 or tuple(tokens.shape[1:]) != grid:
-    raise TokenFileError(
-        f"{path}: tokens of shape {tokens.shape}; this checkpoint needs (N, h, w, c/m) ="
-        f" (N, {grid[0]}, {grid[1]}, {grid[2]}).")
-  if not np.issubdtype(tokens.dtype, np.integer):
-    raise TokenFileError(f"{path}: tokens are {tokens.dtype}; need integer codebook indices.")
-  if tokens.size:
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= num_codes:
-      bad = int(np.sum((tokens < 0) | (tokens >= num_codes)))
-      raise TokenFileError(
-          f"{path}: {bad} token(s) outside [0, {num_codes}) (min {low}, max {high}); the"
-          f" codebook has K = {num_codes} entries.")
+    tokens, arrays, metadata = token_files.load(path)
+  except token_files.TokenFileError as error:
+    raise TokenFileError(str(error)) from error
+  if "codebook" not in arrays:
+    raise TokenFileError(f"{path} lacks ['codebook']: not a GQ token file written by"
+                         " `launch.quantize`.")
+  return tokens, arrays["codebook"], metadata
 
 
 # ------------------------------------------------------------ device steps
@@ -180,15 +115,6 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array,
   return dict(tokens=tokens, kl_bits=gq.kl_bits(mu, logvar, group),
               squared_gaussian=per_image(gaussian), squared_vq=per_image(vq),
               gaussian=gaussian, vq=vq)
-
-
-def decode_batch(state: train_lib.TrainState, tokens: Array, codebook: Array, *,
-                 config: ml_collections.ConfigDict) -> Array:
-  """(B, h, w, c/m) tokens -> (B, H, W, 3) images (codeword look-up, then the decoder)."""
-  model = train_lib.build_model(config)
-  z_q = gq_codebook.dequantize(tokens, codebook)
-  z_q = z_q.reshape(tokens.shape[:-1] + (tokens.shape[-1] * codebook.shape[-1],))
-  return model.apply(_variables(state), z_q, False, method=model.decode)
 
 
 # --------------------------------------------------------------- the steps
@@ -370,14 +296,13 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
       sampler=sampler,
       prior_weight=float(prior_weight),
   )
-  metadata = dict(
-      version=TOKEN_FILE_VERSION, tokens_shape=list(tokens.shape), codebook_size=num_codes,
-      group_size=int(q.group_size), latent_dim=int(q.latent_dim),
-      codebook_seed=int(codebook_seed), sampler=sampler, prior_weight=float(prior_weight), bpp=bpp,
-      split=split, step=int(state.step), image_shape=list(dataset.image_shape))
+  tokenizer = tokenizer_lib.Tokenizer(config, state, codebook_seed=int(codebook_seed),
+                                      prior_weight=float(prior_weight), sampler=sampler)
+  metadata = dict(tokenizer.metadata(tokens.shape[0]), bpp=bpp, split=split)
   tokens_dir = os.path.join(workdir, TOKENS_SUBDIR)
   os.makedirs(tokens_dir, exist_ok=True)
-  save_tokens(os.path.join(tokens_dir, f"{split}.npz"), tokens, codebook, metadata)
+  token_files.save(os.path.join(tokens_dir, f"{split}.npz"), tokens, dict(codebook=codebook),
+                   metadata)
   evaluation.write_json(os.path.join(tokens_dir, f"{split}.json"), metadata)
   evaluation.write_json(os.path.join(workdir, REPORT_NAME), report)
   if rows[0]:
@@ -386,52 +311,22 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   return report
 
 
-@workdir_lock.locked("decoding")
-def decode(workdir: str, tokens_path: str, *, output: str | None = None,
+def decode(workdir: str, tokens_path: str, *, output: str | None = None, overwrite: bool = False,
            batch_size: int | None = None, num_images: int = 16) -> tuple[str, np.ndarray]:
-  """Decodes a token file with the latest checkpoint of `workdir`.
+  """Decodes a token file with the latest checkpoint of `workdir` (see tokenizer.decode_file).
 
-  Everything is checked before anything is computed or written: the token
-  file must fit the checkpoint's K, m and token grid (`check_tokens`), and
-  the output must not be the token file itself.
-
-  Args:
-    workdir: the GQ run whose decoder made the tokens.
-    tokens_path: a .npz from `launch.quantize`.
-    output: .npz to write the images to (uint8 (N, H, W, 3) under 'images');
-      default `<tokens without .npz>_decoded.npz`. A PNG grid of the first
-      `num_images` goes beside it.
-    batch_size: tokens per device call; default the run's eval_batch_size.
-    num_images: images in the PNG grid.
+  Everything is checked before anything is computed or written: the tokens
+  must fit the checkpoint's K, m and token grid, their fingerprints must be
+  its checkpoint's and codebook's, and the output must be neither the token
+  file itself nor, unless `overwrite`, an existing file.
 
   Returns:
     (output path, the decoded images as float32 in [0, 1]).
   """
-  tokens, codebook, _ = load_tokens(tokens_path)
-  config, state, _ = restore_gq_run(workdir)
-  check_tokens(tokens, codebook, config, path=tokens_path)
-  stem = tokens_path[:-4] if tokens_path.endswith(".npz") else tokens_path
-  output = output or f"{stem}_decoded.npz"
-  if not output.endswith(".npz"):
-    raise ConversionError(f"--output={output}: must end in .npz.")
-  if os.path.abspath(output) == os.path.abspath(tokens_path):
-    raise ConversionError(f"--output={output} is the token file itself; choose another path.")
-  batch_size = config.eval_batch_size if batch_size is None else batch_size
-  if batch_size < 1:
-    raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
-  step_fn = jax.jit(functools.partial(decode_batch, config=config))
-  device_codebook = jnp.asarray(codebook, jnp.float32)
-  decoded = []
-  chunks = (tokens[start:start + batch_size].astype(np.int32)
-            for start in range(0, tokens.shape[0], batch_size))
-  for chunk, _, real in pipeline.padded_batches(chunks, batch_size):
-    images = step_fn(state, chunk, device_codebook)
-    decoded.append(np.asarray(jax.device_get(images))[:real])
-  images = np.clip(np.concatenate(decoded), 0.0, 1.0) if decoded else np.zeros(
-      (0,) + tuple(config.image_size for _ in range(2)) + (3,), np.float32)
-  with io_lib.atomic_write(output, ".npz") as tmp:
-    np.savez(tmp, images=np.round(images * 255.0).astype(np.uint8))
-  if num_images and images.shape[0]:
-    visualization.save_png(f"{output[:-4]}.png", visualization.image_grid(images[None, :num_images]),
-                           scale=4)
-  return output, images
+  try:
+    output, images = tokenizer_lib.decode_file(workdir, tokens_path, output=output,
+                                               overwrite=overwrite, batch_size=batch_size,
+                                               num_images=num_images)
+  except token_files.TokenFileError as error:
+    raise TokenFileError(str(error)) from error
+  return str(output), images

@@ -5,7 +5,9 @@ quantizes the posterior means of the split and writes DIR/tokens/<split>.npz
 (tokens, codebook, metadata; DIR/tokens/<split>.json repeats the metadata),
 DIR/gq_report.json (PSNR before and after, bpp, code usage, token
 perplexity, per-token KL bits) and DIR/gq_reconstructions.png (originals,
-decoded from the posterior means, decoded from the tokens).
+decoded from the posterior means, decoded from the tokens). The token file
+is of the format `launch.tokenize` writes for every method, fingerprints of
+the checkpoint and codebook included; `launch.decode` turns it into images.
 """
 
 import json

@@ -347,6 +347,10 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       extra["codes_replaced"] = replaced.astype(jnp.float32)
     return params, state, extra
 
+  def codewords(params):  # What `quantize` matches to: normalised under +l2.
+    effective = effective_codebook(params["codebook"], params.get("affine"))
+    return l2_normalize(effective) if q.l2 else effective
+
   return interface.code_quantizer(
       quantize=apply, encoder_width=q.latent_dim, codebook_size=q.num_codes,
       init_params=init_params,
@@ -355,6 +359,5 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       encoder_points=lambda z: l2_normalize(interface.flat(z)) if q.l2 else interface.flat(z),
       set_codebook=lambda params, centers: dict(
           params, codebook=_raw_from_effective(centers, params.get("affine"))),
-      detokenize_flat=lambda params, indices: effective_codebook(
-          params["codebook"], params.get("affine"))[indices],
+      detokenize_flat=lambda params, indices: codewords(params)[indices],
       axis_name=axis_name)
