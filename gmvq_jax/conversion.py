@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any, Iterator
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from gmvq_jax import checkpointing
 from gmvq_jax import errors
 from gmvq_jax import evaluation
+from gmvq_jax import io as io_lib
 from gmvq_jax import methods
 from gmvq_jax import metrics as metrics_lib
 from gmvq_jax import token_files
@@ -127,7 +127,7 @@ def converts(config: ml_collections.ConfigDict) -> bool:
 
 def restore_gq_run(workdir: str):
   """(config, state, dataset) of a GQ workdir's latest checkpoint; ConversionError otherwise."""
-  if not os.path.isdir(workdir):
+  if not io_lib.as_path(workdir).is_dir():
     raise errors.UserFileNotFoundError(f"--workdir={workdir} is not a directory of a training run.")
   config = checkpointing.restore_config(workdir)
   if not converts(config):
@@ -299,14 +299,13 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   tokenizer = tokenizer_lib.Tokenizer(config, state, codebook_seed=int(codebook_seed),
                                       prior_weight=float(prior_weight), sampler=sampler)
   metadata = dict(tokenizer.metadata(tokens.shape[0]), bpp=bpp, split=split)
-  tokens_dir = os.path.join(workdir, TOKENS_SUBDIR)
-  os.makedirs(tokens_dir, exist_ok=True)
-  token_files.save(os.path.join(tokens_dir, f"{split}.npz"), tokens, dict(codebook=codebook),
-                   metadata)
-  evaluation.write_json(os.path.join(tokens_dir, f"{split}.json"), metadata)
-  evaluation.write_json(os.path.join(workdir, REPORT_NAME), report)
+  tokens_dir = io_lib.as_path(workdir) / TOKENS_SUBDIR
+  tokens_dir.mkdir(parents=True, exist_ok=True)
+  token_files.save(tokens_dir / f"{split}.npz", tokens, dict(codebook=codebook), metadata)
+  evaluation.write_json(tokens_dir / f"{split}.json", metadata)
+  evaluation.write_json(io_lib.as_path(workdir) / REPORT_NAME, report)
   if rows[0]:
-    visualization.save_reconstructions(os.path.join(workdir, PICTURE_NAME),
+    visualization.save_reconstructions(io_lib.as_path(workdir) / PICTURE_NAME,
                                        np.stack([np.concatenate(r) for r in rows]))
   return report
 

@@ -7,10 +7,12 @@ half-written file. Every function takes a plain `str` or an `epath.Path`.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from typing import Iterator
 
 from etils import epath
+import numpy as np
 
 
 def as_path(path: epath.PathLike) -> epath.Path:
@@ -52,3 +54,15 @@ def atomic_write(path: epath.PathLike, suffix: str = "") -> Iterator[epath.Path]
     with contextlib.suppress(FileNotFoundError):
       if tmp.exists():
         tmp.unlink()
+
+
+def save_npz(path: epath.PathLike, **arrays) -> None:
+  """`np.savez(path, **arrays)` on any filesystem, through a temporary name.
+
+  The archive is built in memory and written in one piece: `np.savez` itself
+  reaches local paths only.
+  """
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  with atomic_write(path) as tmp:
+    tmp.write_bytes(buffer.getvalue())

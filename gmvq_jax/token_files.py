@@ -122,9 +122,8 @@ def save(path: epath.PathLike, tokens: np.ndarray, arrays: Mapping[str, np.ndarr
     arrays: {name: array} that give the tokens their meaning.
     metadata: JSON-serialisable facts (method, fingerprints, shapes, ...).
   """
-  with io_lib.atomic_write(str(path), ".npz") as tmp:
-    np.savez(tmp, tokens=np.asarray(tokens, np.int32),
-             metadata=np.asarray(json.dumps(metadata, sort_keys=True)), **arrays)
+  io_lib.save_npz(path, tokens=np.asarray(tokens, np.int32),
+                  metadata=np.asarray(json.dumps(metadata, sort_keys=True)), **arrays)
 
 
 def write_json(path: epath.PathLike, payload: dict) -> None:

@@ -416,8 +416,7 @@ def decode_file(workdir: str, tokens_path: epath.PathLike, *,
       decoded.append(np.asarray(jax.device_get(tokenizer.decode(chunk)))[:real])
   images = (np.clip(np.concatenate(decoded), 0.0, 1.0) if decoded
             else np.zeros((0,) + tokenizer.image_shape, np.float32))
-  with io_lib.atomic_write(str(output), ".npz") as tmp:
-    np.savez(tmp, images=np.round(images * 255.0).astype(np.uint8))
+  io_lib.save_npz(output, images=np.round(images * 255.0).astype(np.uint8))
   if num_images and images.shape[0]:
     visualization.save_png(str(picture), visualization.image_grid(images[None, :num_images]),
                            scale=4)

@@ -28,6 +28,8 @@ from PIL import Image
 from gmvq_jax import evaluation
 from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
+from gmvq_jax import token_files
+from gmvq_jax import tokenizer
 from gmvq_jax import train_lib
 from gmvq_jax import workdir_lock
 import fake_gcs
@@ -100,6 +102,20 @@ class GcsWorkdirTest(absltest.TestCase):
     self.assertFalse(any(".tmp-" in name for name in self._names(workdir)))
     # Up to date: read back without a lock or a write.
     self.assertEqual(evaluation.evaluate_workdir(workdir, num_images=4), figures)
+
+    # Tokens: written to, read from and decoded beside the gs:// workdir.
+    tokens_path, _ = tokenizer.tokenize_split(workdir, split="test")
+    self.assertEqual(str(tokens_path), "gs://bkt/run/tokens/test.npz")
+    output, images = tokenizer.decode_file(workdir, tokens_path, num_images=4)
+    names = self._names(workdir)
+    self.assertContainsSubset({"tokens/test.npz", "tokens/test.json", "tokens/test_decoded.npz",
+                               "tokens/test_decoded.png"}, names)
+    with epath.Path(output).open("rb") as f, np.load(f) as decoded:
+      np.testing.assert_array_equal(decoded["images"], np.round(images * 255).astype(np.uint8))
+    self.assertEqual(images.shape[0], config.num_eval_examples)
+    with self.assertRaisesRegex(token_files.OutputExistsError, "--overwrite"):
+      tokenizer.decode_file(workdir, tokens_path, num_images=4)
+    self.assertFalse(any(".tmp-" in name for name in self._names(workdir)))
 
   def test_the_lock_refuses_a_second_run_and_is_removed_on_release(self):
     workdir = "gs://bkt/locked"
