@@ -1,5 +1,6 @@
 """The comparison: the protocol (lr tuned on val, seeds), the table, the plots, resuming."""
 
+import copy
 import csv
 import glob
 import json
