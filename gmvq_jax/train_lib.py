@@ -283,6 +283,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
   logging.info("Devices: %s; parallelism: %s over %d device(s) in %d process(es).",
                jax.local_devices(), strategy.mode, strategy.num_devices, jax.process_count())
   if dataset is None:
+    logging.info("Loading the %r dataset.", config.dataset)
     with errors.activity("reading the dataset"):
       dataset = data.from_config(config)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -290,6 +291,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
   manager = run_records.open_manager(workdir, config, cleanup)
   latest = manager.latest_step()
   if latest is None:
+    logging.info("Initialising the model.")
     with errors.activity("initialising the model"):
       state = create_train_state(config, init_rng, dataset)
   else:  # Everything a resume needs is checked before it is restored.

@@ -72,11 +72,18 @@ def print_config_or_require_workdir(print_config: flags.FlagHolder, config: Any,
   return False
 
 
+# Orbax's warnings when a CheckpointManager is opened with read_only=True.
+_READ_ONLY_NOTICES = ("Given directory is read only", "read_only=True, setting")
+
+
 class _QuietDependencies(std_logging.Filter):
   """Drops INFO records from Orbax and tensorstore, and their tracebacks; warnings still pass.
 
   Also drops JAX's INFO line about a backend it probed and did not find
-  (e.g. 'Unable to initialize backend 'tpu'' on a machine without a TPU).
+  (e.g. 'Unable to initialize backend 'tpu'' on a machine without a TPU),
+  and Orbax's warnings that a manager opened read-only is read-only: the
+  library opens checkpoints read-only on purpose (evaluation, resume
+  checks), so they tell the user nothing.
   """
 
   def filter(self, record):
@@ -84,6 +91,8 @@ class _QuietDependencies(std_logging.Filter):
         and "Unable to initialize backend" in record.getMessage()):
       return False
     noisy = "orbax" in record.pathname or "tensorstore" in record.pathname
+    if noisy and any(notice in record.getMessage() for notice in _READ_ONLY_NOTICES):
+      return False
     if noisy:  # Their errors reach the launcher, which reports them once.
       record.exc_info, record.exc_text, record.stack_info = None, None, None
     return record.levelno >= std_logging.WARNING or not noisy

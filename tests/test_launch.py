@@ -41,6 +41,16 @@ class LaunchTest(absltest.TestCase):
 
     evaluate = _run("launch.evaluate", f"--workdir={self.workdir}")
     self.assertEqual(evaluate.returncode, 0, evaluate.stderr[-3000:])
+    # The first minute says what it is doing, in order.
+    said = [train.stderr.find(line) for line in (
+        "Loading the 'embedded' dataset", "Initialising the model", "k-means",
+        "Compiling the train step")]
+    self.assertNotIn(-1, said, train.stderr[-3000:])
+    self.assertEqual(said, sorted(said))
+    # Expected noise is silenced: the TPU probe and Orbax's read-only notices.
+    for output in (train.stderr, evaluate.stderr):
+      self.assertNotIn("read only", output)
+      self.assertNotIn("Unable to initialize backend", output)
     with open(os.path.join(self.workdir, "eval.json")) as f:
       figures = json.load(f)
     for key in evaluation.EVAL_KEYS:
@@ -92,6 +102,9 @@ class LaunchTest(absltest.TestCase):
     self.assertFalse(quiet.filter(record(std_logging.INFO, "/x/jax/_src/xla_bridge.py", probe)))
     self.assertTrue(quiet.filter(record(std_logging.WARNING, "/x/jax/_src/xla_bridge.py", probe)))
     self.assertTrue(quiet.filter(record(std_logging.INFO, "/x/gmvq_jax/train_lib.py", probe)))
+    read_only = "Given directory is read only=/w/checkpoints"
+    self.assertFalse(quiet.filter(record(std_logging.WARNING, "/x/orbax/checkpoint_manager.py", read_only)))
+    self.assertTrue(quiet.filter(record(std_logging.WARNING, "/x/orbax/checkpoint_manager.py", "other")))
 
   def test_evaluate_without_checkpoint(self):
     result = _run("launch.evaluate", f"--workdir={self.workdir}")

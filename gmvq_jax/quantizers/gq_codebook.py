@@ -8,6 +8,7 @@ straight-through training (`gq.quantize_ste`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -17,7 +18,9 @@ import numpy as np
 Array = jax.Array
 
 SAMPLERS = ("sobol", "normal")
-DEFAULT_TILE_SIZE = 512  # Fastest measured on CPU with the max + min-where reduction.
+DEFAULT_TILE_SIZE = 512  # Codewords per tile (benchmarks/gq_quantize.py --tile_sweep).
+TOKEN_BLOCK = 1024  # Tokens per block of pass 1: a (tile, block) score block stays in cache.
+RESCORE_CHUNK = 256  # Tokens rescored at once in pass 2: a (chunk, tile, 2m) gather.
 
 
 def check_group_size(channels: int, group_size: int) -> None:
@@ -77,10 +80,21 @@ def quantize(mu: Array, std: Array, codebook: Array, *, prior_weight: Any,
      = argmax_k [sum_j c_kj mu_j / var_j + 1/2 sum_j c_kj^2 (w - 1/var_j)]
 
   with w the prior weight. The second form is features [mu/var, (w - 1/var)/2] (N, 2m) times
-  [c, c^2]^T (2m, K). It is evaluated tile by tile over K with a running
-  (max, argmax), so memory is O(N * tile + K m), never N x K. Ties go to the
-  lowest index, as `jnp.argmax` does: argmax within a tile picks the lowest,
-  and a later tile replaces the running best only when strictly greater.
+  [c, c^2]^T (2m, K), evaluated in two passes that never hold N x K scores:
+
+  1. Tile by tile over K (blocks of tokens at a time, so a tile's scores
+     stay in cache), keep each token's best score and the first tile that
+     reaches it: a matrix product and a max, nothing else per score.
+  2. Rescore each token against its winning tile only and take the argmax
+     there: 1/(number of tiles) of the work of pass 1.
+
+  Ties go to the lowest index, as `jnp.argmax` does: pass 1 replaces the
+  running best only when a later tile is strictly greater, and pass 2's
+  argmax picks the lowest index within the tile. Memory is
+  O(N + K m + tile x (block + chunk x 2m)), never N x K.
+
+  The function is compiled on its first call for each shape (the tile size
+  is static), so calling it eagerly is as fast as calling it under `jit`.
 
   Args:
     mu: (N, m) posterior means.
@@ -101,42 +115,78 @@ def quantize(mu: Array, std: Array, codebook: Array, *, prior_weight: Any,
   tile_size = min(num_codes, DEFAULT_TILE_SIZE) if tile_size is None else int(tile_size)
   if tile_size < 1:
     raise ValueError(f"tile_size={tile_size}: need at least 1 codeword per tile.")
+  return _quantize(mu, std, codebook, prior_weight, tile_size=tile_size)
+
+
+@functools.partial(jax.jit, static_argnames=("tile_size",))
+def _quantize(mu: Array, std: Array, codebook: Array, prior_weight: Any, *,
+              tile_size: int) -> Array:
+  """`quantize` after its argument checks; see there."""
+  num_codes, dim = codebook.shape
+  num_tokens = mu.shape[0]
   mu = mu.astype(jnp.float32)
   inv_var = 1.0 / jnp.square(std.astype(jnp.float32))
   prior_weight = jnp.asarray(prior_weight, jnp.float32)
   features = jnp.concatenate([mu * inv_var, 0.5 * (prior_weight - inv_var)], axis=-1)  # (N, 2m)
   codebook = codebook.astype(jnp.float32)
   code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)  # (K, 2m)
-
   num_tiles = -(-num_codes // tile_size)
   padding = num_tiles * tile_size - num_codes
-  code_features = jnp.pad(code_features, ((0, padding), (0, 0)))
-  tiles = code_features.reshape(num_tiles, tile_size, 2 * dim)
-  offsets = jnp.arange(num_tiles, dtype=jnp.int32) * tile_size
+  tiles = jnp.pad(code_features, ((0, padding), (0, 0))).reshape(num_tiles, tile_size, 2 * dim)
+  if num_tokens == 0:
+    return jnp.zeros((0,), jnp.int32)
+  winners = _winning_tiles(features, tiles, num_codes)
+  return _argmax_within(features, tiles, winners, num_codes)
 
-  def scan_tile(carry, tile_and_offset):
-    best_score, best_index = carry
-    tile, offset = tile_and_offset
-    scores = jnp.dot(features, tile.T, precision=jax.lax.Precision.HIGHEST)  # (N, tile)
-    if padding:
-      # Padded rows (index >= K) must never win, whatever the features.
-      valid = offset + jnp.arange(tile_size, dtype=jnp.int32) < num_codes
-      scores = jnp.where(valid[None, :], scores, -jnp.inf)
-    # max, then the lowest index attaining it: the same result as argmax
-    # (ties to the lowest index), but two plain reductions; XLA:CPU's
-    # variadic argmax reduce was ~4x slower (benchmarks/gq_quantize.py).
-    tile_score = jnp.max(scores, axis=-1)
-    positions = jnp.arange(tile_size, dtype=jnp.int32)
-    tile_index = jnp.min(jnp.where(scores == tile_score[:, None], positions, tile_size), axis=-1)
-    tile_index = jnp.minimum(tile_index, tile_size - 1)  # NaN scores: stay in range.
-    better = tile_score > best_score  # Strict: ties keep the earlier (lower) index.
-    return (jnp.where(better, tile_score, best_score),
-            jnp.where(better, offset + tile_index, best_index)), None
 
-  num_tokens = features.shape[0]
-  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), jnp.zeros((num_tokens,), jnp.int32))
-  (_, indices), _ = jax.lax.scan(scan_tile, init, (tiles, offsets))
-  return indices
+def _blocks(x: Array, size: int) -> Array:
+  """(N, ...) -> (ceil(N / size), size, ...), zero-padded at the end."""
+  num_blocks = -(-x.shape[0] // size)
+  padding = [(0, num_blocks * size - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+  return jnp.pad(x, padding).reshape((num_blocks, size) + x.shape[1:])
+
+
+def _winning_tiles(features: Array, tiles: Array, num_codes: int) -> Array:
+  """Pass 1: (N,) index of the first tile holding each token's best score."""
+  num_tiles, tile_size, _ = tiles.shape
+  block = min(TOKEN_BLOCK, features.shape[0])
+  last_valid = jnp.arange(tile_size) < num_codes - (num_tiles - 1) * tile_size
+
+  def block_winners(block_features):  # (2m, block): tokens along lanes.
+    def scan_tile(carry, tile):
+      best_score, best_tile = carry
+      scores = jnp.dot(tiles[tile], block_features, precision=jax.lax.Precision.HIGHEST)
+      if num_codes % tile_size:  # Padded codewords (last tile only) never win.
+        scores = jnp.where((tile < num_tiles - 1) | last_valid[:, None], scores, -jnp.inf)
+      tile_score = jnp.max(scores, axis=0)
+      better = tile_score > best_score  # Strict: ties keep the earlier tile.
+      return (jnp.where(better, tile_score, best_score), jnp.where(better, tile, best_tile)), None
+
+    init = (jnp.full((block,), -jnp.inf, jnp.float32), jnp.zeros((block,), jnp.int32))
+    tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
+    return jax.lax.scan(scan_tile, init, tile_ids)[0][1]
+
+  blocks = _blocks(features, block).transpose(0, 2, 1)
+  return jax.lax.map(block_winners, blocks).reshape(-1)[:features.shape[0]]
+
+
+def _argmax_within(features: Array, tiles: Array, winners: Array, num_codes: int) -> Array:
+  """Pass 2: (N,) index of each token's best codeword inside its winning tile."""
+  tile_size = tiles.shape[1]
+  chunk = min(RESCORE_CHUNK, features.shape[0])
+  positions = jnp.arange(tile_size, dtype=jnp.int32)
+
+  def chunk_indices(args):
+    chunk_features, chunk_winners = args
+    scores = jnp.einsum("nd,ntd->nt", chunk_features, tiles[chunk_winners],
+                        precision=jax.lax.Precision.HIGHEST)
+    first = chunk_winners[:, None] * tile_size
+    scores = jnp.where(first + positions[None, :] < num_codes, scores, -jnp.inf)
+    # NaN scores give argmax's NaN position: still an index in range.
+    return chunk_winners * tile_size + jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+  indices = jax.lax.map(chunk_indices, (_blocks(features, chunk), _blocks(winners, chunk)))
+  return indices.reshape(-1)[:features.shape[0]]
 
 
 def dequantize(indices: Array, codebook: Array) -> Array:
