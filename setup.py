@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10,<5",
     "array-record>=0.8.6",  # tfds.data_source reads ArrayRecord files without TensorFlow.
     "chex>=0.1.92",
+    "dm-pix>=0.4.0",  # SSIM of every evaluation (0.4.0 through 0.4.5 run on JAX 0.10.2).
     "absl-py>=2.5",
     "ml_collections>=1.1",
     "numpy>=2.0",

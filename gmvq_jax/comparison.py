@@ -211,13 +211,16 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   if conversion.converts(config):
     report = conversion.convert(str(run_dir), num_images=8)
     mse = report["mse_vq"]
-    row.update(psnr=report["psnr_vq"], perplexity=report["token_perplexity"],
+    row.update(psnr=report["psnr_vq"], ssim=report["ssim_vq"],
+               perplexity=report["token_perplexity"],
                hard_perplexity=report["token_perplexity"], code_usage=report["code_usage"],
                psnr_before_conversion=report["psnr_gaussian"])
   else:
     mse = figures["mse"]
     row.update(psnr=figures["psnr"], perplexity=figures["perplexity"],
                hard_perplexity=figures["hard_perplexity"], code_usage=figures["code_usage"])
+    if "ssim" in figures:  # Not in the figures of runs evaluated before SSIM was.
+      row["ssim"] = figures["ssim"]
   row.update(mse=mse, mse_x1e3=1e3 * mse)
   return row
 
@@ -308,12 +311,15 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
   Every numeric key outside CONSTANT_KEYS becomes `<key>_mean` and
   `<key>_std` (population std, numpy's default); method, steps and
-  bits_per_image are copied from the first row.
+  bits_per_image are copied from the first row. A figure some seeds' rows
+  lack (e.g. ssim in rows saved before it was measured) is left out.
   """
   first = per_seed[0]
   row = {key: first[key] for key in ("method", "steps", "bits_per_image") if key in first}
   for key, value in first.items():
     if key in CONSTANT_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
+      continue
+    if any(key not in seed_row for seed_row in per_seed):
       continue
     values = np.asarray([float(seed_row[key]) for seed_row in per_seed])
     row[f"{key}_mean"] = float(np.mean(values))

@@ -22,12 +22,16 @@ from gmvq_jax import io as io_lib
 COLUMNS = (
     ("mse_x1e3", "MSE x1e-3", "{:.2f}", True),
     ("psnr", "PSNR dB", "{:.2f}", True),
+    ("ssim", "SSIM", "{:.3f}", True),
     ("perplexity", "perplexity (paper)", "{:.1f}", True),
     ("hard_perplexity", "hard perplexity", "{:.1f}", True),
     ("code_usage", "code usage", "{:.3f}", True),
     ("bits_per_image", "bits/image", "{:.0f}", False),
     ("train_seconds", "train s", "{:.0f}", True),
 )
+
+MISSING = "—"  # A figure a row lacks, e.g. SSIM of runs saved before it was measured.
+
 
 def _number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -36,8 +40,8 @@ def _number(value: Any) -> bool:
 def format_table(rows: Sequence[dict]) -> tuple[str, str]:
   """(Markdown, CSV) of the method rows; CSV keeps full precision.
 
-  Markdown: method, the COLUMNS (measured ones as `mean ± std`) and the
-  chosen peak lr with its multiplier. CSV: method, `<figure>_mean` and
+  Markdown: method, the COLUMNS (measured ones as `mean ± std`, MISSING
+  where a row lacks one) and the chosen peak lr with its multiplier. CSV: method, `<figure>_mean` and
   `<figure>_std` of each measured figure, bits_per_image, then
   lr_multiplier, peak_lr, num_seeds, steps.
   """
@@ -48,7 +52,7 @@ def format_table(rows: Sequence[dict]) -> tuple[str, str]:
     for key, _, fmt, measured in COLUMNS:
       values = [row.get(f"{key}_mean"), row.get(f"{key}_std")] if measured else [row.get(key)]
       cells.append(" ± ".join(fmt.format(value) for value in values)
-                   if all(_number(value) for value in values) else "n/a")
+                   if all(_number(value) for value in values) else MISSING)
     cells.append(f"{row['peak_lr']:.3g} (x{row['lr_multiplier']:g})")
     lines.append("| " + " | ".join(cells) + " |")
   keys = ["method"]

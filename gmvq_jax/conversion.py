@@ -95,9 +95,9 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array,
 
   Returns:
     `tokens` (B, h, w, c/m) int32, `kl_bits` (B, h, w, c/m), per-image
-    squared errors `squared_gaussian` / `squared_vq` (B,) of the images
-    decoded from the posterior means and from the tokens, and those images,
-    `gaussian` and `vq`, each (B, H, W, 3).
+    squared errors `squared_gaussian` / `squared_vq` and SSIMs `ssim_gaussian`
+    / `ssim_vq` (B,) of the images decoded from the posterior means and from
+    the tokens, and those images, `gaussian` and `vq`, each (B, H, W, 3).
   """
   model = train_lib.build_model(config)
   group = config.quantizer.group_size
@@ -114,7 +114,8 @@ def convert_batch(state: train_lib.TrainState, images: Array, codebook: Array,
   per_image = lambda x: jnp.sum(jnp.square(x - images), axis=(1, 2, 3))
   return dict(tokens=tokens, kl_bits=gq.kl_bits(mu, logvar, group),
               squared_gaussian=per_image(gaussian), squared_vq=per_image(vq),
-              gaussian=gaussian, vq=vq)
+              ssim_gaussian=metrics_lib.ssim(images, gaussian),
+              ssim_vq=metrics_lib.ssim(images, vq), gaussian=gaussian, vq=vq)
 
 
 # --------------------------------------------------------------- the steps
@@ -241,7 +242,8 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   device_codebook, device_prior_weight = jnp.asarray(codebook), jnp.float32(prior_weight)
   hist_bins = int(math.ceil(4 * q.log2_codebook_size / HISTOGRAM_BIN_BITS)) + 1
   histogram = np.zeros(hist_bins + 1, np.int64)  # Last bin: everything above.
-  totals = dict(squared_gaussian=0.0, squared_vq=0.0, kl_sum=0.0, within=0)
+  totals = dict(squared_gaussian=0.0, squared_vq=0.0, ssim_gaussian=0.0, ssim_vq=0.0,
+                kl_sum=0.0, within=0)
   kl_min, kl_max = math.inf, -math.inf
   token_batches, rows = [], [[], [], []]
   for images, _, real in pipeline.padded_batches(_split_batches(dataset, split, batch_size),
@@ -251,6 +253,8 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
     token_batches.append(np.asarray(out["tokens"][:real]))
     totals["squared_gaussian"] += float(np.sum(out["squared_gaussian"][:real], dtype=np.float64))
     totals["squared_vq"] += float(np.sum(out["squared_vq"][:real], dtype=np.float64))
+    for name in ("ssim_gaussian", "ssim_vq"):
+      totals[name] += float(np.sum(out[name][:real], dtype=np.float64))
     totals["kl_sum"] += float(bits.sum())
     totals["within"] += int(np.sum(np.abs(bits - q.log2_codebook_size) <= q.tolerance))
     kl_min, kl_max = min(kl_min, float(bits.min())), max(kl_max, float(bits.max()))
@@ -275,6 +279,8 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
       psnr_drop_db=float(metrics_lib.psnr(mse_gaussian) - metrics_lib.psnr(mse_vq)),
       mse_gaussian=mse_gaussian,
       mse_vq=mse_vq,
+      ssim_gaussian=totals["ssim_gaussian"] / tokens.shape[0],
+      ssim_vq=totals["ssim_vq"] / tokens.shape[0],
       bpp=bpp,
       codebook_size=num_codes,
       log2_codebook_size=int(q.log2_codebook_size),

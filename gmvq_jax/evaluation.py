@@ -21,7 +21,7 @@ from gmvq_jax import visualization
 from gmvq_jax import workdir_lock
 from gmvq_jax.data import registry
 
-EVAL_KEYS = ("mse", "psnr", "perplexity", "hard_perplexity", "code_usage")
+EVAL_KEYS = ("mse", "psnr", "ssim", "perplexity", "hard_perplexity", "code_usage")
 EVAL_SPLITS = registry.EVAL_SPLITS  # ("val", "test").
 
 
@@ -72,8 +72,8 @@ def evaluate_workdir(workdir: epath.PathLike, *, split: str = "test", num_images
 
   Returns:
     The figures written to output_paths(workdir, split)[0] (eval.json for
-    test, eval_val.json for val): mse, psnr, perplexity, hard_perplexity,
-    code_usage, plus step and num_examples (the evaluated split's size).
+    test, eval_val.json for val): mse, psnr, ssim, perplexity,
+    hard_perplexity, code_usage, plus step and num_examples (the evaluated split's size).
 
   Raises:
     ValueError: `split` is not in EVAL_SPLITS (before anything is read).

@@ -6,7 +6,8 @@ fields and the only home of their defaults, `Config.sized(num_codes,
 latent_dim)` those of one size, `Config.renamed` its fields' older names),
 `check(q, num_steps)` (problems of its fields) and `make(config, *, num_steps,
 axis_name)` (its `interface.Quantizer`). Nothing outside this file and those
-modules asks which method a config runs.
+modules asks which method a config runs; `build_model` wraps the quantizer
+in the autoencoder the config describes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import math
 from types import ModuleType
 from typing import Any
 
+import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
+from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import interface
 
 
@@ -118,6 +122,21 @@ def make_quantizer(config: ml_collections.ConfigDict,
   module = get(config.method).quantizer_module()
   return module.make(module.Config(**config.quantizer), num_steps=config.num_steps,
                      axis_name=axis_name)
+
+
+def build_model(config: ml_collections.ConfigDict, axis_name: Any = None,
+                quantizer: interface.Quantizer | None = None) -> nn.Module:
+  """The autoencoder a config describes; `axis_name` for cross-device BatchNorm."""
+  return autoencoder.Autoencoder(
+      quantizer=quantizer or make_quantizer(config, axis_name),
+      channels=tuple(config.model.channels), num_res_blocks=config.model.num_res_blocks,
+      axis_name=axis_name, dtype=compute_dtype(config))
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The networks' compute dtype: config.dtype (configs saved before it: model.dtype)."""
+  name = config.get("dtype") or config.model.get("dtype") or "float32"
+  return jnp.dtype(name)
 
 
 def check(config: ml_collections.ConfigDict) -> list[interface.Problem]:

@@ -79,6 +79,22 @@ class Parallelism:
         check_vma=False)
     return jax.jit(sharded, donate_argnums=donate)
 
+  def compile_eval(self, eval_fn: Callable) -> Callable:
+    """Compiles `eval_fn(state, images, mask, *, axis_name) -> (sums, rows)`.
+
+    The returned callable takes a state placed by `put_state` and images and
+    mask placed by `put_batch`; `sums` come back identical on every device
+    (read them with `get_metrics`), `rows` split like the batch (read this
+    process's with `local_rows`).
+    """
+    fn = functools.partial(eval_fn, axis_name=self.axis_name)
+    if self.mode == "jit":
+      return jax.jit(fn)
+    if self.mode == "pmap":
+      return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, 0), devices=self.devices)
+    return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                                 out_specs=(P(), P(AXIS)), check_vma=False))
+
   def put_state(self, state: Any) -> Any:
     """Places one copy of `state` for the step: replicated on every device."""
     # From a host copy: the compiled step donates its state buffers, and the
@@ -129,6 +145,13 @@ class Parallelism:
     global_shape = (batch.shape[0] * jax.process_count(),) + batch.shape[1:]
     return jax.make_array_from_process_local_data(
         NamedSharding(self.mesh, P(AXIS)), batch, global_shape)
+
+  def local_rows(self, rows: jax.Array) -> np.ndarray:
+    """Host copy of this process's rows of a batch-split output, in batch order."""
+    if self.mode == "pmap":
+      return np.asarray(rows).reshape((-1,) + rows.shape[2:])
+    shards = sorted(rows.addressable_shards, key=lambda shard: shard.index[0].start or 0)
+    return np.concatenate([np.asarray(shard.data) for shard in shards])
 
   def get_metrics(self, metrics: Any) -> Any:
     """Host numpy copy of metrics (identical on every device after pmean)."""

@@ -1,8 +1,8 @@
-"""TrainState, the compiled train and eval steps, and the training loop.
+"""TrainState, the compiled train step, and the training loop (evaluation: eval_lib).
 
-`train_step` and `eval_step` are pure functions; every cross-example
-statistic is reduced over one named batch axis, so `parallel.Parallelism`
-compiles the same function with jit, pmap or jit(shard_map).
+`train_step` is a pure function; every cross-example statistic is reduced
+over one named batch axis, so `parallel.Parallelism` compiles the same
+function with jit, pmap or jit(shard_map).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from gmvq_jax import checkpointing
@@ -26,6 +25,7 @@ from gmvq_jax import codebook_init
 from gmvq_jax import config_checks
 from gmvq_jax import data
 from gmvq_jax import errors
+from gmvq_jax import eval_lib
 from gmvq_jax import faults
 from gmvq_jax import io as io_lib
 from gmvq_jax import metric_writers
@@ -34,9 +34,7 @@ from gmvq_jax import parallel
 from gmvq_jax import run_records
 from gmvq_jax import workdir_lock
 from gmvq_jax.data import pipeline
-from gmvq_jax.models import autoencoder
 from gmvq_jax.quantizers import common
-from gmvq_jax.quantizers import interface
 
 Array = jax.Array
 # Folded into the run's key for draws that must be the same on every device
@@ -70,19 +68,8 @@ class TrainState(flax.struct.PyTreeNode):
 # ------------------------------------------------------------------ building
 
 
-def build_model(config: ml_collections.ConfigDict, axis_name: Any = None,
-                quantizer: interface.Quantizer | None = None) -> nn.Module:
-  """The autoencoder a config describes; `axis_name` for cross-device BatchNorm."""
-  return autoencoder.Autoencoder(
-      quantizer=quantizer or methods.make_quantizer(config, axis_name),
-      channels=tuple(config.model.channels), num_res_blocks=config.model.num_res_blocks,
-      axis_name=axis_name, dtype=compute_dtype(config))
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """The networks' compute dtype: config.dtype (configs saved before it: model.dtype)."""
-  name = config.get("dtype") or config.model.get("dtype") or "float32"
-  return jnp.dtype(name)
+build_model = methods.build_model  # Where tests, experiments and benchmarks find them.
+compute_dtype = methods.compute_dtype
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -219,87 +206,10 @@ def train_step(
   return new_state, metrics
 
 
-def eval_step(
-    state: TrainState,
-    images: Array,
-    mask: Array,
-    *,
-    config: ml_collections.ConfigDict,
-) -> tuple[dict[str, Array], Array]:
-  """Deterministic, noise-free evaluation of one (padded) batch, for any method.
-
-  Args:
-    state: the train state.
-    images: (B, H, W, 3); rows with `mask == 0` are padding.
-    mask: (B,) float32, 1 for real examples.
-    config: the run's config (static).
-
-  Returns:
-    `(sums, reconstructions)`: the quantizer's `eval_stats` over the real
-    examples (squared error and pixel count, and its own statistics).
-  """
-  quantizer = methods.make_quantizer(config)
-  model = build_model(config, quantizer=quantizer)
-  reconstructions, _, aux = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, images, train=False,
-      quantizer_state=state.quantizer_state)
-  return quantizer.eval_stats(images, reconstructions, aux, mask), reconstructions
-
-
-def make_eval_fn(config: ml_collections.ConfigDict):
-  """`eval_step` compiled for one device; build once, call per batch."""
-  return jax.jit(functools.partial(eval_step, config=config))
-
-
-def evaluate(
-    config: ml_collections.ConfigDict,
-    state: TrainState,
-    dataset: Any,
-    *,
-    split: str = "test",
-    num_images: int = 0,
-    step_fn: Any = None,
-) -> tuple[dict[str, float], np.ndarray | None]:
-  """Evaluates a whole split on one device, deterministically.
-
-  Args:
-    config: the run's config.
-    state: one (unreplicated) train state.
-    dataset: from `data.make_dataset`.
-    split: 'val' (for choosing hyperparameters) or 'test' (for reporting).
-    num_images: also return the first `num_images` originals and their
-      reconstructions, stacked as (2, n, H, W, 3).
-    step_fn: a compiled `eval_step` from `make_eval_fn`, reused across calls.
-
-  Returns:
-    The figures of `metrics.summarize_eval` and the image pairs (or None).
-  """
-  step_fn = step_fn or make_eval_fn(config)
-  quantizer = methods.make_quantizer(config)
-  combine = dict(min=np.minimum, max=np.maximum)
-  batch_size = config.eval_batch_size
-  totals: dict[str, np.ndarray] = {}
-  pairs = []
-  for images, mask, real in pipeline.padded_batches(
-      dataset.eval_batches(batch_size, split=split), batch_size):
-    sums, reconstructions = step_fn(state, images, mask)
-    sums = jax.device_get(sums)
-    for name, value in sums.items():
-      value = np.asarray(value, np.float64)
-      if name not in totals:
-        totals[name] = value
-      else:
-        totals[name] = combine.get(quantizer.combine.get(name), np.add)(totals[name], value)
-    have = sum(p[0].shape[0] for p in pairs)
-    if have < num_images:
-      take = min(num_images - have, real)
-      pairs.append((images[:take], np.asarray(reconstructions[:take])))
-  figures = quantizer.summarize(totals)
-  if not pairs:
-    return figures, None
-  originals = np.concatenate([p[0] for p in pairs])
-  recons = np.concatenate([p[1] for p in pairs])
-  return figures, np.stack([originals, recons])
+# The evaluation lives in eval_lib; these names stay for existing callers.
+eval_step = eval_lib.eval_step
+make_eval_fn = eval_lib.make_eval_fn
+evaluate = eval_lib.evaluate
 
 
 # ---------------------------------------------------------------------- loop
@@ -396,7 +306,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
   if start_step >= config.num_steps:
     return run_records.finished_run(
         config, workdir, start_step, primary,
-        lambda split: evaluate(config, state, dataset, split=split)[0])
+        lambda split: eval_lib.evaluate(config, state, dataset, split=split)[0])
   if stops.requested_before_start():
     raise TrainingStopped(latest, stops.signal_name, workdir, saved=False)
   end_step = (config.num_steps if stop_after_steps is None
@@ -405,7 +315,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
   writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if primary else None
   progress = metric_writers.Progress(config.num_steps, start_step)
   step_fn = strategy.compile_step(functools.partial(train_step, config=config))
-  eval_fn = make_eval_fn(config)
+  eval_fn = eval_lib.make_eval_fn(config, strategy)
   placed = strategy.put_state(state)
   del state  # The compiled step donates the placed copy; keep no stale host copy.
   batches = pipeline.TrainIterator(
@@ -471,8 +381,8 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
           break
         if (config.eval_every_steps and done % config.eval_every_steps == 0
             and done < config.num_steps):
-          figures, _ = evaluate(config, strategy.local_state(placed), dataset, split="val",
-                                step_fn=eval_fn)
+          figures, _ = eval_lib.evaluate(config, placed, dataset, split="val",
+                                         step_fn=eval_fn, placed=True)
           if primary:
             writer.write(done, "val", figures)
       check_finite()
@@ -490,15 +400,17 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
       writer.close()
     raise TrainingStopped(last_saved, stopped, workdir)
 
-  final_state = strategy.local_state(placed)
+  final_step = int(strategy.get_metrics(placed.step))
   started = time.perf_counter()
-  with errors.activity(f"evaluating step {int(final_state.step)}"):
-    val_figures, _ = evaluate(config, final_state, dataset, split="val", step_fn=eval_fn)
-    figures, _ = evaluate(config, final_state, dataset, split="test", step_fn=eval_fn)
+  with errors.activity(f"evaluating step {final_step}"):
+    val_figures, _ = eval_lib.evaluate(config, placed, dataset, split="val", step_fn=eval_fn,
+                                       placed=True)
+    figures, _ = eval_lib.evaluate(config, placed, dataset, split="test", step_fn=eval_fn,
+                                   placed=True)
   logging.info("Evaluation of the val and test splits took %.1fs.", time.perf_counter() - started)
   if primary:
-    writer.write(int(final_state.step), "val", val_figures)
-    writer.write(int(final_state.step), "test", figures)
+    writer.write(final_step, "val", val_figures)
+    writer.write(final_step, "test", figures)
     writer.close()
   return figures
 

@@ -2,7 +2,7 @@
 
 Restores the latest checkpoint and the config saved with it, evaluates the
 test split (default) or the val split deterministically (no sampling noise),
-and writes DIR/eval.json (mse, psnr, perplexity, hard_perplexity,
+and writes DIR/eval.json (mse, psnr, ssim, perplexity, hard_perplexity,
 code_usage, step, num_examples) and DIR/reconstructions.png (originals above
 reconstructions); for --split=val, DIR/eval_val.json and
 DIR/reconstructions_val.png. Choose hyperparameters on val; report test.

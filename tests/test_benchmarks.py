@@ -103,5 +103,23 @@ class InputPipelineBenchmarkTest(absltest.TestCase):
     self.assertIn("Unknown source 'parquet'", result.stderr)
 
 
+class EvalShardedBenchmarkTest(absltest.TestCase):
+
+  def test_smoke_run_prints_one_row_per_device_count(self):
+    stdout = run_benchmark("benchmarks.eval_sharded", "--smoke", "--repeats=1")
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("devices  mode"))
+    rows = [line.split() for line in lines[start + 1:start + 3]]
+    self.assertEqual([(row[0], row[1]) for row in rows], [("1", "jit"), ("4", "shard_map")])
+    one, four = float(rows[0][2]), float(rows[1][2])
+    ratio_line = next(line for line in lines if line.startswith("ratio"))
+    ratio = float(ratio_line.split(":")[1].split(";")[0])
+    self.assertAlmostEqual(ratio, four / one, delta=0.02 + 0.001 / one)  # Medians print rounded.
+    if abs(ratio - 1) > 0.005:  # The verdict is of the unrounded ratio.
+      self.assertTrue(ratio_line.endswith("yes" if ratio < 1 else "NO"), ratio_line)
+    difference = next(line for line in lines if line.startswith("largest relative difference"))
+    self.assertLess(float(difference.split(":")[1]), 1e-5)
+
+
 if __name__ == "__main__":
   absltest.main()

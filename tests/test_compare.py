@@ -112,8 +112,8 @@ class CompareTest(absltest.TestCase):
     for row in self.rows:
       keys = [k for k, v in row["per_seed"][0].items()
               if k not in comparison.CONSTANT_KEYS and isinstance(v, float)]
-      self.assertContainsSubset(["mse", "mse_x1e3", "psnr", "perplexity", "hard_perplexity",
-                                 "code_usage", "train_seconds"], keys)
+      self.assertContainsSubset(["mse", "mse_x1e3", "psnr", "ssim", "perplexity",
+                                 "hard_perplexity", "code_usage", "train_seconds"], keys)
       for key in keys:
         values = [seed_row[key] for seed_row in row["per_seed"]]
         self.assertEqual(row[f"{key}_mean"], float(np.mean(values)), key)
@@ -239,10 +239,12 @@ class _FakeTrainer:
   test MSE is 1 / (1 + multiplier) + seed / 100, so the lowest test MSE is
   always at the largest multiplier. Multipliers in `diverge` raise
   NonFiniteError; `fail_after` calls, the next one raises RuntimeError.
+  Figures hold `ssim` only when it is given (as in runs evaluated before SSIM).
   """
 
-  def __init__(self, *, val, base_lr=_SMOKE_LR, diverge=(), fail_after=None):
+  def __init__(self, *, val, base_lr=_SMOKE_LR, diverge=(), fail_after=None, ssim=None):
     self.val, self.base_lr, self.diverge, self.fail_after = val, base_lr, diverge, fail_after
+    self.ssim = ssim
     self.trained = []
 
   def __call__(self, config, run_dir):
@@ -256,7 +258,8 @@ class _FakeTrainer:
     test_mse = 1.0 / (1.0 + multiplier) + config.seed / 100
     writer = metric_writers.MetricWriter(run_dir, tensorboard=False)
     figures = lambda mse: dict(mse=mse, psnr=-10 * math.log10(mse), perplexity=3.0 + config.seed,
-                               hard_perplexity=2.0 + config.seed, code_usage=0.5)
+                               hard_perplexity=2.0 + config.seed, code_usage=0.5,
+                               **({} if self.ssim is None else dict(ssim=self.ssim)))
     writer.write(config.num_steps, "train", dict(loss=1.0, recon=val_mse, batch_perplexity=2.0))
     writer.write(config.num_steps, "val", figures(val_mse))
     writer.write(config.num_steps, "test", figures(test_mse))
@@ -287,6 +290,26 @@ class ProtocolTest(absltest.TestCase):
       comparison.choose_lr((0.5, 1.0), (None, float("inf")))
     with self.assertRaisesRegex(ValueError, "2 multipliers but 1"):
       comparison.choose_lr((0.5, 1.0), (0.1,))
+
+  def test_runs_saved_before_ssim_still_make_a_table(self):
+    config = _smoke_config(("vqvae",))
+    config.lr_grid = (1.0,)
+    config.seeds = (0,)
+    (old,) = self._compare(config, _FakeTrainer(val={}))  # A result without SSIM.
+    self.assertNotIn("ssim_mean", old)
+    config.seeds = (0, 1)  # Seed 0 is read back; seed 1 is evaluated with SSIM.
+    (row,) = self._compare(config, _FakeTrainer(val={}, ssim=0.8))
+    self.assertEqual([("ssim" in seed_row) for seed_row in row["per_seed"]], [False, True])
+    self.assertNotIn("ssim_mean", row)
+    with open(os.path.join(self.workdir, "table.md"), encoding="utf-8") as f:
+      header, _, line = f.read().splitlines()[:3]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    titles = [cell.strip() for cell in header.strip("|").split("|")]
+    self.assertEqual(cells[titles.index("SSIM")], "—")
+    self.assertNotIn("—", cells[titles.index("PSNR dB")])
+    config.seeds = (1,)
+    (fresh,) = self._compare(config, _FakeTrainer(val={}, ssim=0.8))
+    self.assertEqual(fresh["ssim_mean"], 0.8)
 
   def test_the_lr_is_chosen_on_val_never_on_test(self):
     # Val is lowest at x0.5 for vqvae, at x1 for fsq; test is lowest at x2 for both.

@@ -77,6 +77,8 @@ class ConversionTest(absltest.TestCase):
     self.assertLessEqual(report["kl_bits_min"], report["kl_bits_mean"])
     self.assertLessEqual(report["kl_bits_mean"], report["kl_bits_max"])
     self.assertGreater(report["psnr_gaussian"], 0.0)
+    for key in ("ssim_gaussian", "ssim_vq"):
+      self.assertBetween(report[key], -1.0, 1.0)
     self.assertAlmostEqual(report["psnr_drop_db"], report["psnr_gaussian"] - report["psnr_vq"],
                            places=5)
     histogram = report["kl_bits_histogram"]
@@ -227,13 +229,14 @@ class ConversionTest(absltest.TestCase):
     figures = evaluation.evaluate_workdir(workdir, num_images=4)
     with open(os.path.join(workdir, "eval.json")) as f:
       self.assertEqual(json.load(f), json.loads(json.dumps(figures)))
-    for key in ("mse", "psnr", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
+    for key in ("mse", "psnr", "ssim", "kl_bits_mean", "kl_bits_min", "kl_bits_max",
                 "fraction_within_tolerance"):
       self.assertIn(key, figures)
     # The posterior-mean reconstructions the conversion scored, and the
     # training run's own final evaluation.
     self.assertAlmostEqual(figures["mse"], self.report["mse_gaussian"], delta=1e-4 * figures["mse"])
     self.assertAlmostEqual(figures["kl_bits_mean"], self.report["kl_bits_mean"], places=4)
+    self.assertAlmostEqual(figures["ssim"], self.report["ssim_gaussian"], places=5)
     final = [r for r in metric_writers.read_metrics(workdir) if r["split"] == "test"][-1]
     self.assertAlmostEqual(figures["mse"], final["mse"], places=6)
     self.assertEqual(evaluation.evaluate_workdir(workdir, num_images=4), figures)

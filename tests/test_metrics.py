@@ -23,6 +23,24 @@ class MetricsTest(absltest.TestCase):
     self.assertAlmostEqual(float(metrics.psnr(0.01)), 20.0, places=4)
     self.assertAlmostEqual(float(metrics.psnr(1e-3)), 30.0, places=4)
 
+  def test_ssim(self):
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 16, 16, 3), dtype=np.float32)
+    noisy = np.clip(images + 0.1 * rng.standard_normal(images.shape), 0, 1).astype(np.float32)
+    np.testing.assert_allclose(metrics.ssim(images, images), np.ones(3), rtol=1e-5)
+    scores = np.asarray(metrics.ssim(images, noisy))
+    self.assertEqual(scores.shape, (3,))
+    self.assertTrue(np.all((scores > 0.5) & (scores < 0.99)), scores)
+    # Worse with more noise.
+    noisier = np.clip(images + 0.3 * rng.standard_normal(images.shape), 0, 1)
+    self.assertTrue(np.all(np.asarray(metrics.ssim(images, noisier)) < scores))
+
+  def test_image_figures_average_ssim_over_images(self):
+    sums = dict(squared_error=2.0, num_values=200.0, ssim_sum=1.5, num_images=2.0)
+    figures = metrics.image_figures(sums)
+    self.assertAlmostEqual(figures["ssim"], 0.75)
+    self.assertNotIn("ssim", metrics.image_figures(dict(squared_error=2.0, num_values=200.0)))
+
   def test_perplexities(self):
     self.assertAlmostEqual(float(metrics.perplexity(np.full(64, 1 / 64))), 64.0, places=3)
     self.assertAlmostEqual(float(metrics.perplexity(np.eye(8)[2])), 1.0, places=6)

@@ -77,6 +77,13 @@ def pmax(x: Any, axis_name: Any) -> Any:
   return jax.lax.pmax(x, axis_name)
 
 
+def pmin(x: Any, axis_name: Any) -> Any:
+  """`lax.pmin` over `axis_name`, the identity when it is None (one device)."""
+  if axis_name is None:
+    return x
+  return jax.lax.pmin(x, axis_name)
+
+
 def psum(x: Any, axis_name: Any) -> Any:
   """`lax.psum` over `axis_name`, the identity when it is None (one device)."""
   if axis_name is None:

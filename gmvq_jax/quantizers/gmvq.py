@@ -386,7 +386,7 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
                           else None),
       apply=apply, loss=loss, update=update,
       eval_stats=lambda images, reconstructions, aux, mask: interface.code_eval_stats(
-          images, reconstructions, aux, mask, q.num_codes),
+          images, reconstructions, aux, mask, q.num_codes, axis_name),
       combine=interface.CODE_COMBINE, summarize=metrics_lib.summarize_eval,
       progress=("loss", "recon", "kl", "qbar_perplexity"),
       encoder_points=lambda z: interface.flat(z[..., :dim]),

@@ -338,20 +338,22 @@ def posterior(z: Array, latent_dim: int) -> tuple[Array, Array]:
 
 
 def eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array], mask: Array, *,
-               group_size: int, log2_codebook_size: int, tolerance: float) -> dict[str, Array]:
-  """Eval sums of the Gaussian model: squared error and the per-token KL bits' statistics."""
-  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
+               group_size: int, log2_codebook_size: int, tolerance: float,
+               axis_name: Any = None) -> dict[str, Array]:
+  """Eval sums of the Gaussian model: image sums and the per-token KL bits' statistics.
+
+  With `axis_name` they are the global batch's, identical on every device.
+  """
   bits = kl_bits(aux["mu"], aux["logvar"], group_size)
   token_mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (bits.ndim - 1)), bits.shape)
   within = jnp.abs(bits - log2_codebook_size) <= tolerance
+  sums = common.psum(dict(kl_bits_sum=jnp.sum(bits * token_mask), num_tokens=jnp.sum(token_mask),
+                          within_tolerance=jnp.sum(within * token_mask)), axis_name)
   return dict(
-      squared_error=jnp.sum(squared * mask),
-      num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
-      kl_bits_sum=jnp.sum(bits * token_mask),
-      num_tokens=jnp.sum(token_mask),
-      within_tolerance=jnp.sum(within * token_mask),
-      kl_bits_min=jnp.min(jnp.where(token_mask > 0, bits, jnp.inf)),
-      kl_bits_max=jnp.max(jnp.where(token_mask > 0, bits, -jnp.inf)),
+      interface.image_eval_stats(images, reconstructions, mask, axis_name),
+      **sums,
+      kl_bits_min=common.pmin(jnp.min(jnp.where(token_mask > 0, bits, jnp.inf)), axis_name),
+      kl_bits_max=common.pmax(jnp.max(jnp.where(token_mask > 0, bits, -jnp.inf)), axis_name),
   )
 
 
@@ -410,7 +412,7 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       encoder_width=2 * channels, codebook_size=2**q.log2_codebook_size,
       tokens_per_position=channels // group, params_name="quantizer", init_params=None,
       init_state=init_tdc_state, apply=apply, loss=loss, update=update,
-      eval_stats=functools.partial(eval_stats, group_size=group, **tdc),
+      eval_stats=functools.partial(eval_stats, group_size=group, axis_name=axis_name, **tdc),
       combine={"kl_bits_min": "min", "kl_bits_max": "max"},
       summarize=metrics_lib.summarize_gaussian_eval,
       progress=("loss", "recon", "kl_bits_mean", "lam"), encoder_points=None, set_codebook=None,

@@ -43,8 +43,9 @@ class Quantizer(NamedTuple):
       after the optimizer step (TDC multipliers, +OPT, +replace, k-means
       remedies); `rng` is the same on every device.
     eval_stats: `(images, reconstructions, aux, mask) -> sums` of one padded
-      eval batch; sums over batches combine by addition unless `combine`
-      names 'min' or 'max'.
+      eval batch (the global batch's when made with an axis_name, identical
+      on every device); sums over batches combine by addition unless
+      `combine` names 'min' or 'max'.
     combine: {sum name: 'min' | 'max'}.
     summarize: `totals -> figures` (Python floats) of a whole split.
     progress: the train metrics of the console's progress line.
@@ -113,35 +114,59 @@ def code_metrics(code_counts: Array, temperature: Array) -> dict[str, Array]:
               batch_perplexity=metrics_lib.hard_perplexity(code_counts))
 
 
+def image_eval_stats(images: Array, reconstructions: Array, mask: Array,
+                     axis_name: Any = None) -> dict[str, Array]:
+  """Eval sums every method reports: squared error, and each `metrics.IMAGE_METRICS` figure.
+
+  Args:
+    images, reconstructions: (B, H, W, 3) in [0, 1]; rows with `mask == 0`
+      are padding.
+    mask: (B,) float32.
+    axis_name: the named batch axis: sums are then over the global batch.
+
+  Returns:
+    squared_error, num_values (pixel-channels), num_images and `<name>_sum`
+    of each per-image figure, float32 scalars.
+  """
+  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
+  sums = dict(squared_error=jnp.sum(squared * mask),
+              num_values=jnp.sum(mask) * np.prod(images.shape[1:]), num_images=jnp.sum(mask))
+  for name, per_image in metrics_lib.IMAGE_METRICS.items():
+    sums[f"{name}_sum"] = jnp.sum(per_image(images, reconstructions) * mask)
+  return common.psum(sums, axis_name)
+
+
 def code_eval_stats(images: Array, reconstructions: Array, aux: dict[str, Array], mask: Array,
-                    codebook_size: int) -> dict[str, Array]:
-  """Eval sums of a codebook quantizer: squared error, code histogram, the paper's perplexity.
+                    codebook_size: int, axis_name: Any = None) -> dict[str, Array]:
+  """Eval sums of a codebook quantizer: image sums, code histogram, the paper's perplexity.
 
   Args:
     images, reconstructions: (B, H, W, 3); rows with `mask == 0` are padding.
     aux: `apply`'s, with `indices` (N,) and, for soft posteriors, `probs` (N, C).
     mask: (B,) float32.
+    codebook_size: C.
+    axis_name: the named batch axis: the sums, and the batch whose
+      perplexity is taken, are then the global batch's.
 
   Returns:
-    squared_error, num_values, code_counts (C,), batch_perplexity_sum and
+    `image_eval_stats`, code_counts (C,), batch_perplexity_sum and
     num_batches (the paper's perplexity `exp(H(qbar))` of this batch, and 1
     unless it is all padding), and code_max_prob_max (C,) for soft posteriors.
   """
-  squared = jnp.sum(jnp.square(images - reconstructions), axis=(1, 2, 3))
   vectors_per_example = aux["indices"].shape[0] // images.shape[0]
   vector_mask = jnp.repeat(mask, vectors_per_example)
-  code_counts = code_histogram(aux["indices"], codebook_size, vector_mask)
+  code_counts = code_histogram(aux["indices"], codebook_size, vector_mask, axis_name)
   extra_sums = {}
   if "probs" in aux:  # The paper's perplexity: of the soft posterior's batch mean.
-    qbar = jnp.sum(aux["probs"] * vector_mask[:, None], axis=0)
-    extra_sums["code_max_prob_max"] = jnp.max(aux["probs"] * vector_mask[:, None], axis=0)
+    qbar = common.psum(jnp.sum(aux["probs"] * vector_mask[:, None], axis=0), axis_name)
+    extra_sums["code_max_prob_max"] = common.pmax(
+        jnp.max(aux["probs"] * vector_mask[:, None], axis=0), axis_name)
   else:  # Deterministic quantizers: the posterior is the one-hot code.
     qbar = code_counts
-  qbar = qbar / jnp.maximum(jnp.sum(vector_mask), 1.0)
-  has_data = (jnp.sum(mask) > 0).astype(jnp.float32)
+  qbar = qbar / jnp.maximum(common.psum(jnp.sum(vector_mask), axis_name), 1.0)
+  has_data = (common.psum(jnp.sum(mask), axis_name) > 0).astype(jnp.float32)
   return dict(
-      squared_error=jnp.sum(squared * mask),
-      num_values=jnp.sum(mask) * np.prod(images.shape[1:]),
+      image_eval_stats(images, reconstructions, mask, axis_name),
       code_counts=code_counts,
       batch_perplexity_sum=metrics_lib.perplexity(qbar) * has_data,
       num_batches=has_data,
@@ -252,7 +277,7 @@ def code_quantizer(
     return params, state, metrics
 
   def eval_stats(images, reconstructions, aux, mask):
-    return code_eval_stats(images, reconstructions, aux, mask, codebook_size)
+    return code_eval_stats(images, reconstructions, aux, mask, codebook_size, axis_name)
 
   def tokenize(params, z):
     _, aux = apply(params, None, z, None, 0, False)

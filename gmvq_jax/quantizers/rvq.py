@@ -137,7 +137,7 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
       params_name="quantizer", init_params=init_params, init_state=interface.no_state,
       apply=apply, loss=loss, update=update,
       eval_stats=lambda images, reconstructions, aux, mask: interface.code_eval_stats(
-          images, reconstructions, aux, mask, stages * codes),
+          images, reconstructions, aux, mask, stages * codes, axis_name),
       combine=interface.CODE_COMBINE, summarize=metrics_lib.summarize_eval,
       progress=interface.CODE_PROGRESS, encoder_points=None, set_codebook=None,
       tokenize=tokenize, detokenize=detokenize)
