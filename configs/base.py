@@ -36,6 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
   # A step whose loss or gradients are NaN/inf is never applied; 'stop' then
   # ends the run naming the step and term, 'skip' goes on and counts it.
   config.nonfinite = "stop"
+  # JAX PRNG implementation of every random draw (init, k-means, Gumbel and
+  # Gaussian noise): 'threefry2x32', or 'philox4x32', which made the CIFAR10
+  # GM-VQ step 7-10% faster on CPU (docs/results.md) but which JAX compiles
+  # only with parallelism='jit' (one device).
+  config.prng_impl = "threefry2x32"
   # Precision of the networks' computation: 'float32' or 'bfloat16'. Parameters,
   # optimizer state, the quantizers' math and the losses stay float32.
   config.dtype = "float32"

@@ -22,6 +22,12 @@ from gmvq_jax.data import embedded
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import interface
 
+# JAX PRNG implementations a run may draw its noise with (config.prng_impl).
+# threefry2x32 (the default) under every parallelism; philox4x32 under 'jit'
+# only (faster on CPU). rbg and unsafe_rbg are not offered: their per-example
+# keys gave different noise on 1 and 4 devices.
+PRNG_IMPLS = ("threefry2x32", "philox4x32")
+
 METHODS = methods.NAMES
 DTYPES = ("float32", "bfloat16")
 
@@ -83,6 +89,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
              f"this run has {jax.process_count()} processes and only 'shard_map' spans"
              " processes; use --config.parallelism=shard_map")
   _choice(config, "nonfinite", faults.NONFINITE_MODES)
+  _choice(config, "prng_impl", PRNG_IMPLS)
+  _require(config.prng_impl != "philox4x32" or config.parallelism == "jit", "prng_impl",
+           config.prng_impl, f"philox4x32 needs --config.parallelism='jit' (one device): JAX"
+           f" cannot compile it under {config.parallelism!r}; use 'threefry2x32' there")
   _choice(config, "dtype", DTYPES)
   _require("dtype" not in config.model, "model.dtype", config.model.get("dtype"),
            "the precision is set by config.dtype (model.dtype is only read from configs saved"

@@ -15,6 +15,9 @@ from gmvq_jax import methods
 
 CURRENT = 2
 FIRST = 1  # The version of configs saved before the field existed.
+# Top-level fields added after runs were saved without them, each with the
+# value that reproduces what such a run did; `upgrade` fills them in.
+ADDED_FIELDS = {"prng_impl": "threefry2x32"}
 
 
 class ConfigVersionError(errors.UserError, ValueError):
@@ -39,6 +42,8 @@ def upgrade(saved: ml_collections.ConfigDict, where: str) -> ml_collections.Conf
 
   A config of an older version whose fields all keep their names reads as
   it is (with config_version CURRENT); one with a renamed field is refused.
+  A field of ADDED_FIELDS that the saved config lacks gets the value that
+  reproduces the run (e.g. prng_impl 'threefry2x32', the only one before).
 
   Args:
     saved: a config read back from a run (checkpoint or result file).
@@ -50,7 +55,7 @@ def upgrade(saved: ml_collections.ConfigDict, where: str) -> ml_collections.Conf
         f"{where} was made by gmvq_jax config version {made_in}; this gmvq_jax reads version"
         f" {CURRENT} and older. Use the gmvq_jax that made it.")
   if made_in == CURRENT:
-    return saved
+    return _with_added_fields(saved)
   renamed = renamed_fields(saved)
   if renamed:
     module = methods.get(saved.method).module
@@ -62,4 +67,14 @@ def upgrade(saved: ml_collections.ConfigDict, where: str) -> ml_collections.Conf
         " it.")
   upgraded = ml_collections.ConfigDict(saved.to_dict())
   upgraded.config_version = CURRENT
-  return upgraded
+  return _with_added_fields(upgraded)
+
+
+def _with_added_fields(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  missing = {name: value for name, value in ADDED_FIELDS.items() if name not in saved}
+  if not missing:
+    return saved
+  filled = ml_collections.ConfigDict(saved.to_dict())
+  for name, value in missing.items():
+    setattr(filled, name, value)
+  return filled

@@ -286,7 +286,7 @@ def _train_and_evaluate(config, workdir, dataset, stop_after_steps, strategy, pr
     logging.info("Loading the %r dataset.", config.dataset)
     with errors.activity("reading the dataset"):
       dataset = data.from_config(config)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed, impl=config.prng_impl))
 
   manager = run_records.open_manager(workdir, config, cleanup)
   latest = manager.latest_step()

@@ -76,6 +76,22 @@ class UpgradeTest(parameterized.TestCase):
     saved = tiny_configs.method_config("gq")
     self.assertIs(config_version.upgrade(saved, "WORKDIR"), saved)
 
+  @parameterized.parameters(1, 2)
+  def test_a_field_added_later_reads_as_what_the_run_did(self, version):
+    """Runs saved before config.prng_impl existed drew with threefry: they resume and compare."""
+    current = tiny_configs.method_config("gmvq")
+    saved = current.to_dict()
+    del saved["prng_impl"]
+    if version == 1:
+      del saved["config_version"]
+    upgraded = config_version.upgrade(ml_collections.ConfigDict(saved), "WORKDIR")
+    self.assertEqual(upgraded.prng_impl, "threefry2x32")
+    self.assertEqual(upgraded.to_dict(), current.to_dict())
+    checkpointing.check_resumable(upgraded, current, "WORKDIR")  # Nothing differs.
+    current.prng_impl = "philox4x32"
+    with self.assertRaisesRegex(checkpointing.CheckpointError, "prng_impl"):
+      checkpointing.check_resumable(upgraded, current, "WORKDIR")
+
   def test_base_config_is_the_current_version(self):
     self.assertEqual(base.get_config().config_version, config_version.CURRENT)
 

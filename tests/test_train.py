@@ -186,12 +186,26 @@ class ConfigChecksTest(parameterized.TestCase):
       ("objective", "quantizer.objective", "vae", "'albo'"),
       ("parallelism", "parallelism", "dp", "'shard_map'"),
       ("seeding", "quantizer.kmeans_seeding", "forgy", "'kmeans\\+\\+'"),
+      ("prng_impl", "prng_impl", "threefry", "'philox4x32'"),
   )
   def test_invalid_field_is_named(self, field, value, message):
     config = tiny_configs.tiny_config(**{field: value})
     with self.assertRaisesRegex(config_checks.ConfigError, message) as ctx:
       config_checks.validate(config, num_devices=1)
     self.assertIn(field.split(".")[-1], str(ctx.exception))
+
+  def test_philox_needs_jit_and_trains_there(self):
+    """philox4x32 does not lower under pmap/shard_map (JAX's mulhi): refused before compiling."""
+    for mode in ("pmap", "shard_map"):
+      config = tiny_configs.tiny_config(prng_impl="philox4x32", parallelism=mode)
+      with self.assertRaisesRegex(config_checks.ConfigError,
+                                  "prng_impl=.philox4x32. is invalid: philox4x32 needs --config.parallelism=.jit."):
+        config_checks.validate(config, num_devices=1)
+    config = tiny_configs.tiny_config(prng_impl="philox4x32", parallelism="jit")
+    config_checks.validate(config, num_devices=1)
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    figures = train_lib.train_and_evaluate(config, workdir)
+    self.assertTrue(np.isfinite(figures["mse"]))
 
   def test_batch_must_divide_by_devices(self):
     config = tiny_configs.tiny_config(batch_size=6)
