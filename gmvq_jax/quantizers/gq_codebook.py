@@ -19,8 +19,8 @@ Array = jax.Array
 
 SAMPLERS = ("sobol", "normal")
 DEFAULT_TILE_SIZE = 512  # Codewords per tile (benchmarks/gq_quantize.py --tile_sweep).
-TOKEN_BLOCK = 1024  # Tokens per block of pass 1: a (tile, block) score block stays in cache.
-RESCORE_CHUNK = 256  # Tokens rescored at once in pass 2: a (chunk, tile, 2m) gather.
+TOKEN_BLOCK = 2048  # Tokens per block of pass 1: a (tile, block) score block stays in cache.
+RESCORE_CHUNK = 64  # Tokens rescored at once in pass 2: a (chunk, tile, 2m) gather.
 
 
 def check_group_size(channels: int, group_size: int) -> None:
