@@ -28,13 +28,14 @@ from PIL import Image
 from configs import gmvq_cifar10
 from gmvq_jax import data
 from gmvq_jax.data import pipeline
+from gmvq_jax.data import user_images
 
 try:
   from benchmarks import step_timing
 except ImportError:  # Run as `python benchmarks/input_pipeline.py`: benchmarks/ is on sys.path.
   import step_timing
 
-SOURCES = ("embedded", "npz", "folder", "tfds")
+SOURCES = ("embedded", "npz", "folder", "folder_cached", "tfds")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Global batch size of pipeline and step.")
 _SOURCES = flags.DEFINE_list(
     "sources", list(SOURCES), f"Data sources to read, of {SOURCES}; tfds is cifar10 under "
@@ -151,11 +152,18 @@ def open_source(name: str, num_images: int, workdir: str) -> Iterator[tuple[str,
     path = os.path.join(workdir, "images.npz")
     np.savez(path, train=_random_images(num_images, 0), test=_random_images(8, 1))
     yield "npz", data.make_dataset("npz", data_dir=path, **common)
-  elif name == "folder":
+  elif name in ("folder", "folder_cached"):
     root = os.path.join(workdir, "folder")
     _write_pngs(os.path.join(root, "train"), _random_images(num_images, 0))
     _write_pngs(os.path.join(root, "test"), _random_images(8, 1))
-    yield "folder (png)", data.make_dataset("folder", data_dir=root, **common)
+    if name == "folder":  # Every read decodes its PNG files: a first epoch.
+      with mock.patch.object(user_images, "DECODED_CACHE_BYTES", 0):
+        yield "folder (png)", data.make_dataset("folder", data_dir=root, **common)
+    else:  # After one epoch, reads come from the decoded-image cache.
+      dataset = data.make_dataset("folder", data_dir=root, **common)
+      for _ in dataset.train_split_batches(256):
+        pass
+      yield "folder cached", dataset
   elif name == "tfds" and _TFDS_DATA_DIR.value:
     yield "tfds cifar10", data.make_dataset("cifar10", data_dir=_TFDS_DATA_DIR.value, **common)
   elif name == "tfds":

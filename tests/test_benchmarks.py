@@ -12,7 +12,7 @@ from absl.testing import absltest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_LABELS = {"embedded": "embedded", "npz": "npz", "folder": "folder (png)",
-                 "tfds": "tfds (mock)"}
+                 "folder_cached": "folder cached", "tfds": "tfds (mock)"}
 
 
 def run_benchmark(module, *args):

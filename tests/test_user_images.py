@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from unittest import mock
 
 from absl.testing import parameterized
 import chex
@@ -182,7 +183,7 @@ class FolderTest(parameterized.TestCase):
   def test_shard_decodes_only_its_own_files(self):
     _folder(self.root)
     ds = self._dataset()
-    whole = ds.train_batch(1, 4)
+    whole = self._dataset().train_batch(1, 4)  # Another instance: ds has decoded nothing yet.
     mine = ds.train_indices(1, 4, shard=1, num_shards=2)
     # Corrupting every training file outside shard 1 must not disturb its read.
     for index, path in enumerate(ds.files("train")):
@@ -191,6 +192,21 @@ class FolderTest(parameterized.TestCase):
     np.testing.assert_array_equal(ds.train_batch(1, 4, shard=1, num_shards=2), whole[2:])
     with self.assertRaisesRegex(data.DataError, "Cannot decode image file"):
       ds.train_batch(1, 4, shard=0, num_shards=2)
+
+  def test_each_file_is_decoded_once_within_the_cache_budget(self):
+    _folder(self.root)
+    ds = self._dataset()
+    with mock.patch.object(user_images, "load_image", wraps=user_images.load_image) as decode:
+      first = ds.train_batch(1, 4)
+      self.assertEqual(decode.call_count, 4)
+      np.testing.assert_array_equal(ds.train_batch(1, 4), first)  # From memory.
+      self.assertEqual(decode.call_count, 4)
+    with mock.patch.object(user_images, "DECODED_CACHE_BYTES", 0), \
+         mock.patch.object(user_images, "load_image", wraps=user_images.load_image) as decode:
+      fresh = self._dataset()
+      fresh.train_batch(1, 4)
+      np.testing.assert_array_equal(fresh.train_batch(1, 4), first)  # Decoded again.
+      self.assertEqual(decode.call_count, 8)
 
   def test_corrupt_files_are_named_before_training(self):
     _folder(self.root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import threading
 from typing import Sequence
 
 from absl import logging
@@ -37,6 +38,11 @@ NPZ_LAYOUT = (
     " greyscale, uint8 in 0..255 or float in [0, 1]; write one with"
     " np.savez(path, train=..., test=...)")
 _SHOWN_FILES = 5  # Unreadable files named in one message; the rest are counted.
+# Decoded images a FolderDataset keeps in memory, so that only the first epoch
+# decodes files (32x32 PNGs decode at ~3.5k images/s on 2 cores, too slow for
+# a GPU step; benchmarks/input_pipeline.py). Files past the budget are decoded
+# at every read.
+DECODED_CACHE_BYTES = 2 << 30
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,6 +210,9 @@ class FolderDataset(shuffling.ShuffledSplits):
                           os.path.join(self.data_dir, other), VAL_SPLIT)
     self.num_eval_examples = _check_num_eval(
         num_eval_examples, len(self._files["test"]), os.path.join(self.data_dir, "test"))
+    self._decoded: dict[tuple[str, int], np.ndarray] = {}  # (split folder, index) -> uint8.
+    self._decoded_bytes = 0
+    self._cache_lock = threading.Lock()
     self._set_splits(train_size=train_size, test_size=len(self._files["test"]),
                      val_size=len(self._files[VAL_SPLIT]) if held_out is None else None,
                      held_out=held_out or 0, num_eval_examples=num_eval_examples)
@@ -242,9 +251,20 @@ class FolderDataset(shuffling.ShuffledSplits):
     return tuple(self._files[source][start:stop])
 
   def _read(self, source: str, indices: Sequence[int]) -> np.ndarray:
-    paths = [self._files[source][int(i)] for i in indices]
-    decode = functools.partial(load_image, image_size=self.image_size)
-    return image_ops.to_unit_float(np.stack(list(_pool().map(decode, paths))))
+    return image_ops.to_unit_float(np.stack(list(_pool().map(
+        functools.partial(self._decoded_image, source), [int(i) for i in indices]))))
+
+  def _decoded_image(self, source: str, index: int) -> np.ndarray:
+    """Image `index` of folder `source`, decoded once while DECODED_CACHE_BYTES lasts."""
+    cached = self._decoded.get((source, index))
+    if cached is not None:
+      return cached
+    image = load_image(self._files[source][index], self.image_size)
+    with self._cache_lock:
+      if self._decoded_bytes + image.nbytes <= DECODED_CACHE_BYTES:
+        if self._decoded.setdefault((source, index), image) is image:
+          self._decoded_bytes += image.nbytes
+    return image
 
 
 # --- 'npz': arrays in one file ---------------------------------------------
