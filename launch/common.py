@@ -72,6 +72,33 @@ def print_config_or_require_workdir(print_config: flags.FlagHolder, config: Any,
   return False
 
 
+def define_gq_codebook_flags(runs: str = "") -> tuple[Any, Any, Any]:
+  """--codebook_seed, --prior_weight, --sampler: GQ's offline codebook, each defaulting to the run's.
+
+  Args:
+    runs: prefix of each help text, e.g. "GQ runs: " where other methods ignore them.
+
+  Returns:
+    The three flag holders, in that order.
+  """
+  # Listed by the calling launcher's --helpshort, as if it had defined them (absl
+  # names a module run with -m by its file, sys.argv[0]).
+  caller = sys._getframe(1).f_globals.get("__name__")  # pylint: disable=protected-access
+  module = dict(module_name=sys.argv[0] if caller == "__main__" else caller)
+  return (
+      flags.DEFINE_integer("codebook_seed", None,
+                           f"{runs}codebook seed; default the run's quantizer.codebook_seed.",
+                           **module),
+      flags.DEFINE_float(
+          "prior_weight", None, f"{runs}prior weight of the quantization rule (the paper's omega);"
+          " default the run's quantizer.prior_weight. 2.0 keeps more codes in use at low rates.",
+          **module),
+      flags.DEFINE_enum("sampler", None, ["sobol", "normal"],
+                        f"{runs}codebook sampler; default the run's quantizer.codebook_sampler.",
+                        **module),
+  )
+
+
 # Orbax's warnings when a CheckpointManager is opened with read_only=True.
 _READ_ONLY_NOTICES = ("Given directory is read only", "read_only=True, setting")
 

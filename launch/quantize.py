@@ -20,13 +20,7 @@ from gmvq_jax import conversion
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a GQ training run.")
-_SEED = flags.DEFINE_integer("codebook_seed", None,
-                             "Codebook seed; default the run's quantizer.codebook_seed.")
-_PRIOR_WEIGHT = flags.DEFINE_float(
-    "prior_weight", None, "Prior weight of the quantization rule (the paper's omega); default the"
-    " run's quantizer.prior_weight. 2.0 keeps more codes in use at low rates.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["sobol", "normal"],
-                             "Codebook sampler; default the run's quantizer.codebook_sampler.")
+_SEED, _PRIOR_WEIGHT, _SAMPLER = common.define_gq_codebook_flags()
 _SPLIT = flags.DEFINE_enum("split", "test", list(conversion.SPLITS),
                            "Split to tokenize ('train' needs a TFDS dataset).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Images per device call; default eval_batch_size.")

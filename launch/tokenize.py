@@ -26,14 +26,7 @@ _SPLIT = flags.DEFINE_enum("split", "test", list(registry.EVAL_SPLITS), "Split t
 _OUTPUT = flags.DEFINE_string("output", None, "The .npz to write; default WORKDIR/tokens/<split>.npz.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Images per device call; default eval_batch_size.")
-_SEED = flags.DEFINE_integer("codebook_seed", None,
-                             "GQ runs: codebook seed; default the run's quantizer.codebook_seed.")
-_PRIOR_WEIGHT = flags.DEFINE_float(
-    "prior_weight", None, "GQ runs: prior weight of the quantization rule; default the run's"
-    " quantizer.prior_weight.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["sobol", "normal"],
-                             "GQ runs: codebook sampler; default the run's"
-                             " quantizer.codebook_sampler.")
+_SEED, _PRIOR_WEIGHT, _SAMPLER = common.define_gq_codebook_flags("GQ runs: ")
 flags.mark_flags_as_required(["workdir"])
 
 
