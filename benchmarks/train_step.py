@@ -25,7 +25,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import torch  # pylint: disable=g-import-not-at-top
+
+try:  # The bench extra; --skip_torch times JAX without it.
+  import torch  # pylint: disable=g-import-not-at-top
+except ImportError:
+  torch = None
 
 from configs import gmvq_cifar10
 from gmvq_jax import train_lib
@@ -33,10 +37,13 @@ from gmvq_jax.quantizers import gmvq
 
 try:
   from benchmarks import step_timing
-  from benchmarks import torch_gmvq
 except ImportError:  # Run as `python benchmarks/train_step.py`: benchmarks/ is on sys.path.
   import step_timing
-  import torch_gmvq
+if torch is not None:
+  try:
+    from benchmarks import torch_gmvq
+  except ImportError:
+    import torch_gmvq
 
 RandomImages = step_timing.RandomImages
 JaxRunner = step_timing.JaxRunner
@@ -128,7 +135,10 @@ class TorchRunner:
     return float(self.metrics["loss"])
 
 
-def pick_devices(choice: str) -> tuple[jax.Device, torch.device]:
+def pick_devices(choice: str) -> tuple[jax.Device, torch.device | None]:
+  """JAX's device and torch's (None without torch)."""
+  if torch is None:
+    return (jax.devices(choice)[0] if choice != "auto" else jax.devices()[0]), None
   if choice == "cpu":
     return jax.devices("cpu")[0], torch.device("cpu")
   if choice == "gpu":
@@ -144,6 +154,10 @@ def device_info(jax_device: jax.Device, torch_device: torch.device, torch_thread
       f"{len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f} (1 min, all processes)",
       f"jax {jax.__version__}, backend {jax.default_backend()}, jax.devices()={jax.devices()}, "
       f"timed on {jax_device} ({jax_device.device_kind}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+  ]
+  if torch_device is None:
+    return lines + ["torch: not installed (pip install -e '.[bench]'); JAX variants only"]
+  lines += [
       f"torch {torch.__version__} on {torch_device}, intra-op threads {torch_threads}, inter-op "
       f"threads {torch.get_num_interop_threads()}, mkldnn={torch.backends.mkldnn.is_available()}, "
       f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r}, "
@@ -269,12 +283,17 @@ def main(argv):
   warmup, repeats = _WARMUP.value, _REPEATS.value
   if _QUICK.value:
     batch_sizes, warmup, repeats = [32], 1, 3
+  if torch is None and not _SKIP_TORCH.value:
+    raise app.UsageError("torch is not installed: pip install -e '.[bench]', or pass --skip_torch"
+                         " to time the JAX variants only.")
   torch_threads = [int(t) for t in _TORCH_THREADS.value] or [len(os.sched_getaffinity(0))]
-  torch.set_num_threads(torch_threads[0])
+  if torch is not None:
+    torch.set_num_threads(torch_threads[0])
   jax_device, torch_device = pick_devices(_DEVICE.value)
-  if torch_device.type == "cuda":
+  on_cuda = torch_device is not None and torch_device.type == "cuda"
+  if on_cuda:
     torch_threads = torch_threads[:1]  # The thread count hardly matters to a CUDA step.
-  on_gpu = jax_device.platform == "gpu" or torch_device.type == "cuda"
+  on_gpu = jax_device.platform == "gpu" or on_cuda
   steps_per_repeat = _STEPS_PER_REPEAT.value or (20 if on_gpu else 1)
   print("\n".join(device_info(jax_device, torch_device, torch_threads)), flush=True)
   warn_if_busy()
