@@ -137,6 +137,20 @@ def initialize_distributed() -> None:
 
 
 @contextlib.contextmanager
+def launched(argv: Sequence[str]):
+  """The body of a launcher's main: refuses stray arguments, quiets logging, reports user errors.
+
+  `with common.launched(argv): ...` is `user_errors()` after the argument
+  check and `setup_logging()` that every launcher makes first.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  setup_logging()
+  with user_errors():
+    yield
+
+
+@contextlib.contextmanager
 def user_errors():
   """Turns errors a user fixes by changing an input into one clear line and exit status 1.
 

@@ -10,7 +10,6 @@ OUT.npz (uint8 images under 'images'; default PATH without .npz +
 files are kept unless --overwrite is given.
 """
 
-from absl import app
 from absl import flags
 
 from gmvq_jax import tokenizer
@@ -27,10 +26,7 @@ flags.mark_flags_as_required(["workdir", "tokens"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.setup_logging()
-  with common.user_errors():
+  with common.launched(argv):
     output, images = tokenizer.decode_file(
         _WORKDIR.value, _TOKENS.value, output=_OUTPUT.value, overwrite=_OVERWRITE.value,
         batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)

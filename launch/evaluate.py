@@ -10,7 +10,6 @@ DIR/reconstructions_val.png. Choose hyperparameters on val; report test.
 
 import json
 
-from absl import app
 from absl import flags
 
 from gmvq_jax import evaluation
@@ -26,10 +25,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.setup_logging()
-  with common.user_errors():
+  with common.launched(argv):
     figures = evaluation.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value,
                                           num_images=_NUM_IMAGES.value)
   print(json.dumps(figures, indent=2))

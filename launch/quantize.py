@@ -29,10 +29,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.setup_logging()
-  with common.user_errors():
+  with common.launched(argv):
     report = conversion.convert(
         _WORKDIR.value, codebook_seed=_SEED.value, prior_weight=_PRIOR_WEIGHT.value,
         sampler=_SAMPLER.value, split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)

@@ -14,7 +14,6 @@ and --sampler (default the run's quantizer fields); `launch.quantize` is
 GQ's conversion with its report and pictures.
 """
 
-from absl import app
 from absl import flags
 
 from gmvq_jax import tokenizer
@@ -31,10 +30,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.setup_logging()
-  with common.user_errors():
+  with common.launched(argv):
     output, metadata = tokenizer.tokenize_split(
         _WORKDIR.value, split=_SPLIT.value, output=_OUTPUT.value, overwrite=_OVERWRITE.value,
         batch_size=_BATCH.value, codebook_seed=_SEED.value, prior_weight=_PRIOR_WEIGHT.value,
