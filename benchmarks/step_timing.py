@@ -49,13 +49,15 @@ class JaxRunner:
   """The library's jitted `train_lib.train_step`, compiled ahead of time on one device.
 
   guard=False compiles the step without its non-finite guard
-  (`without_nonfinite_guard`), to measure the guard's cost.
+  (`without_nonfinite_guard`), to measure the guard's cost; `name` labels
+  other variants of the config (e.g. conv_impl='xla').
   """
 
   framework = "jax"
 
-  def __init__(self, config, device: jax.Device, batch_size: int, *, guard: bool = True):
-    self.name = "jax" if guard else "jax/no-guard"
+  def __init__(self, config, device: jax.Device, batch_size: int, *, guard: bool = True,
+               name: str | None = None):
+    self.name = name or ("jax" if guard else "jax/no-guard")
     with jax.default_device(device):
       state = train_lib.create_train_state(config, jax.random.key(0), RandomImages())
     self.initial_params = jax.device_get(state.params)

@@ -113,7 +113,7 @@ def quantize_train(
   hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
   codes = hard + soft - soft.detach()
   code_vectors = codes @ codebook
-  # gmvq._chosen_distance: exact value for the chosen code, Eq. 18's gradient.
+  # gmvq.straight_through_pick: exact value for the chosen code, Eq. 18's gradient.
   chosen = hard @ codebook
   direct = (zh - chosen).square().sum(-1)
   distances = squared_distances(zh, codebook).detach()

@@ -74,6 +74,9 @@ _KMEANS_INIT = flags.DEFINE_bool(
 _CHECK_PORT = flags.DEFINE_bool(
     "check_port", True, "First check that the torch port computes what the flax model does.")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
+_XLA_CONV = flags.DEFINE_bool(
+    "xla_conv", False,
+    "Also time the JAX step with conv_impl='xla' (XLA's own convolutions) beside the default.")
 
 
 @dataclasses.dataclass
@@ -210,9 +213,10 @@ def check_port(config, jax_device: jax.Device) -> dict[str, float]:
     _, aux = torch_gmvq.quantize_train(torch_model.codebook, torch.from_numpy(zh),
                                        torch.from_numpy(raw_weights), 1.0, config.quantizer.sigma_z2)
   log_probs = jax.nn.log_softmax(gmvq.logits(zh, jax.nn.softplus(raw_weights), params["codebook"]))
-  # Eq. 18 given torch's codes; the library's private helper is the reference.
-  variance = gmvq._chosen_distance(zh, aux["codes"].numpy(), params["codebook"]) / (
-      dim * 2.0 * config.quantizer.sigma_z2)
+  # Eq. 18 given torch's codes.
+  codes = aux["codes"].numpy()
+  _, distance = gmvq.straight_through_pick(codes, np.argmax(codes, -1), params["codebook"], zh)
+  variance = distance / (dim * 2.0 * config.quantizer.sigma_z2)
   return dict(
       encoder=float(np.abs(torch_out - np.concatenate([zh, raw_weights], -1).reshape(torch_out.shape)).max()),
       decoder=float(np.abs(torch_decoded - np.asarray(decoded)).max()),
@@ -311,6 +315,11 @@ def main(argv):
     build_jax = [functools.partial(JaxRunner, config, jax_device, batch_size)]
     if _GUARD_COST.value:
       build_jax.append(functools.partial(JaxRunner, config, jax_device, batch_size, guard=False))
+    if _XLA_CONV.value:
+      xla_conv = config.copy_and_resolve_references()
+      xla_conv.conv_impl = "xla"
+      build_jax.append(functools.partial(JaxRunner, xla_conv, jax_device, batch_size,
+                                         name="jax/xla-conv"))
     build_torch = [] if _SKIP_TORCH.value else [
         functools.partial(TorchRunner, config, torch_device, batch_size, threads=threads,
                           compile=mode == "compile", adamw_impl=_TORCH_ADAMW.value,
@@ -321,7 +330,7 @@ def main(argv):
 
   print()
   print(f"GM-VQ train step, CIFAR10 config (32x32 images, C=1024, L=64, channels (32, 64), 2 residual "
-        f"blocks), float32.\nMedian of {repeats} repeats x {steps_per_repeat} step(s), after "
+        f"blocks), float32, conv_impl={gmvq_cifar10.get_config().conv_impl!r}.\nMedian of {repeats} repeats x {steps_per_repeat} step(s), after "
         f"{warmup} warm-up step(s), variants alternating; torch AdamW={_TORCH_ADAMW.value}.")
   print("\n".join(format_table(timings)))
   print("JAX speed-up = variant ms/step / JAX ms/step (>1: the library's JAX step is faster). "

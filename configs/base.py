@@ -41,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   # GM-VQ step 7-10% faster on CPU (docs/results.md) but which JAX compiles
   # only with parallelism='jit' (one device).
   config.prng_impl = "threefry2x32"
+  # How the networks evaluate their convolutions: 'xla' (lax.conv_general_dilated),
+  # 'matmul' (1x1 and strided ones as matrix products, faster on XLA:CPU; see
+  # gmvq_jax/models/conv.py), or 'auto': 'matmul' for float32 on CPU, 'xla'
+  # otherwise. The same convolution either way, up to float rounding.
+  config.conv_impl = "auto"
   # Precision of the networks' computation: 'float32' or 'bfloat16'. Parameters,
   # optimizer state, the quantizers' math and the losses stay float32.
   config.dtype = "float32"

@@ -31,7 +31,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 RUN_CONTROL_FIELDS = frozenset({
     "num_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "keep_checkpoints", "eval_batch_size", "num_eval_examples", "data_dir", "parallelism",
-    "nonfinite", "input_workers",
+    "nonfinite", "input_workers", "conv_impl",
 })
 
 

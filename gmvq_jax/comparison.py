@@ -243,7 +243,9 @@ def final_val_figures(run_dir: epath.PathLike, num_steps: int) -> dict[str, Any]
 # Config fields that never change a run's numbers (the input pipeline's
 # reading threads give the same batches): a result saved with another value,
 # or before the field existed, still counts.
-_RESULT_NEUTRAL_FIELDS = ("input_workers",)
+# Fields that change how a run computes, not what: a result made with another
+# value is the same run (conv_impl: the same convolution up to float rounding).
+_RESULT_NEUTRAL_FIELDS = ("input_workers", "conv_impl")
 
 
 def _without_neutral(config_json: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from gmvq_jax import faults
 from gmvq_jax import methods
 from gmvq_jax import parallel
 from gmvq_jax.data import embedded
+from gmvq_jax.models import conv
 from gmvq_jax.models import networks
 from gmvq_jax.quantizers import interface
 
@@ -93,6 +94,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(config.prng_impl != "philox4x32" or config.parallelism == "jit", "prng_impl",
            config.prng_impl, f"philox4x32 needs --config.parallelism='jit' (one device): JAX"
            f" cannot compile it under {config.parallelism!r}; use 'threefry2x32' there")
+  _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "dtype", DTYPES)
   _require("dtype" not in config.model, "model.dtype", config.model.get("dtype"),
            "the precision is set by config.dtype (model.dtype is only read from configs saved"

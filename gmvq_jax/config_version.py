@@ -17,7 +17,7 @@ CURRENT = 2
 FIRST = 1  # The version of configs saved before the field existed.
 # Top-level fields added after runs were saved without them, each with the
 # value that reproduces what such a run did; `upgrade` fills them in.
-ADDED_FIELDS = {"prng_impl": "threefry2x32"}
+ADDED_FIELDS = {"prng_impl": "threefry2x32", "conv_impl": "xla"}
 
 
 class ConfigVersionError(errors.UserError, ValueError):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gmvq_jax.models import autoencoder
+from gmvq_jax.models import conv as conv_lib
 from gmvq_jax.quantizers import interface
 
 
@@ -130,7 +131,8 @@ def build_model(config: ml_collections.ConfigDict, axis_name: Any = None,
   return autoencoder.Autoencoder(
       quantizer=quantizer or make_quantizer(config, axis_name),
       channels=tuple(config.model.channels), num_res_blocks=config.model.num_res_blocks,
-      axis_name=axis_name, dtype=compute_dtype(config))
+      axis_name=axis_name, dtype=compute_dtype(config),
+      conv=conv_lib.select(config.get("conv_impl", "xla"), compute_dtype(config)))
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:

@@ -105,6 +105,21 @@ class InputPipelineBenchmarkTest(absltest.TestCase):
     self.assertIn("Unknown source 'parquet'", result.stderr)
 
 
+class ConvImplBenchmarkTest(absltest.TestCase):
+
+  def test_quick_run_prints_every_layer_and_both_networks(self):
+    from benchmarks import conv_impl  # pylint: disable=g-import-not-at-top
+    stdout = run_benchmark("benchmarks.conv_impl", "--quick")
+    names = [name for name, *_ in conv_impl.LAYERS] + ["encoder", "decoder"]
+    rows = {line[:22].strip(): line[22:].split() for line in stdout.splitlines()
+            if line[:22].strip() in names}
+    self.assertEqual(sorted(rows), sorted(names))
+    for name, (xla_ms, matmul_ms, ratio) in rows.items():
+      expected = float(xla_ms) / float(matmul_ms)
+      self.assertAlmostEqual(float(ratio.rstrip("x")), expected, delta=0.01 + 0.02 * expected,
+                             msg=name)
+
+
 class EvalShardedBenchmarkTest(absltest.TestCase):
 
   def test_smoke_run_prints_one_row_per_device_count(self):

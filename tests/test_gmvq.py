@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from gmvq_jax.quantizers import common
 from gmvq_jax.quantizers import gmvq
 
 # The module's Config is the one home of the hyperparameters' defaults.
@@ -129,6 +130,47 @@ class QuantizeTest(parameterized.TestCase):
     np.testing.assert_array_equal(aux_joint["indices"], aux_split["indices"])
     with self.assertRaisesRegex(ValueError, "2L"):
       _quantize(codebook, zh, rng=jax.random.key(4))
+
+  @parameterized.parameters(0.7, 0.1)
+  def test_gradients_are_those_of_the_straight_through_expression(self, temperature):
+    """straight_through_pick's hand-written VJP against autodiff of its definition.
+
+    The reference writes Eq. 18 literally: c_q = onehot + y - sg(y), z_c = c_q @ M,
+    s2 = (c_q . d) / (2 L sigma^2), with the exact distance to the chosen code
+    as its value and the matmul-form d (held constant) as its gradient.
+    """
+    zh, raw, codebook = _inputs(7)
+    zh = zh.at[0].set(codebook[3])  # A vector on its codeword: distance 0, no gradient.
+    rng = jax.random.key(11)
+    probe = jax.random.normal(jax.random.key(12), (N, L))
+
+    def reference(codebook, zh, raw):
+      log_probs = jax.nn.log_softmax(gmvq.logits(zh, jax.nn.softplus(raw), codebook))
+      gumbel_rng, normal_rng = jax.random.split(rng)
+      codes, _ = gmvq.gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
+      hard = jax.lax.stop_gradient(codes)
+      chosen = hard @ codebook
+      direct = jnp.sum(jnp.square(zh - chosen), -1)
+      scale = jnp.sum(jnp.square(zh), -1) + jnp.sum(jnp.square(chosen), -1)
+      direct = jnp.where(direct <= 1e-12 * scale, 0.0, direct)
+      d = common.squared_distances(zh, codebook)  # Matmul form, as autodiff would see it.
+      distance = direct + jnp.sum((codes - hard) * jax.lax.stop_gradient(d), -1)
+      variance = distance / (L * 2.0 * CONFIG.sigma_z2)
+      eps = jax.random.normal(normal_rng, zh.shape)
+      code_vectors = codes @ codebook
+      z = code_vectors + jnp.sqrt(variance + gmvq.VARIANCE_FLOOR)[:, None] * eps
+      return jnp.sum(z * probe) + jnp.sum(jnp.square(z - code_vectors)) + jnp.sum(variance)
+
+    def library(codebook, zh, raw):
+      z, aux = _quantize(codebook, zh, raw, rng=rng, temperature=temperature)
+      return (jnp.sum(z * probe) + jnp.sum(jnp.square(z - aux["code_vectors"]))
+              + jnp.sum(aux["variance"]))
+
+    want = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(codebook, zh, raw)
+    got = jax.jit(jax.value_and_grad(library, argnums=(0, 1, 2)))(codebook, zh, raw)
+    # Float32 cancellation in d (either form), amplified by the softmax's 1/tau.
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4 / temperature)
+    self.assertGreater(float(jnp.max(jnp.abs(got[1][2]))), 1e-3)  # The logits' path is live.
 
   def test_train_requires_rng(self):
     zh, raw, codebook = _inputs()

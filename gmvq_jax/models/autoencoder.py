@@ -40,6 +40,7 @@ class Autoencoder(nn.Module):
     num_res_blocks: residual blocks in encoder and decoder.
     axis_name: batch axis for cross-device BatchNorm, None on one device.
     dtype: network compute dtype; quantizer math is always float32.
+    conv: the networks' convolution function (`gmvq_jax.models.conv.select`).
   """
 
   quantizer: interface.Quantizer
@@ -47,9 +48,10 @@ class Autoencoder(nn.Module):
   num_res_blocks: int = 2
   axis_name: Any = None
   dtype: Any = jnp.float32
+  conv: Any = jax.lax.conv_general_dilated
 
   def setup(self):
-    shared = (self.channels, self.num_res_blocks, self.axis_name, self.dtype)
+    shared = (self.channels, self.num_res_blocks, self.axis_name, self.dtype, self.conv)
     self.encoder = networks.Encoder(self.quantizer.encoder_width, *shared)
     self.decoder = networks.Decoder(*shared)
     init = self.quantizer.init_params

@@ -8,6 +8,7 @@ same pattern with 6 residual blocks and a 32x32 grid (docs/algorithms.md, "GM-VQ
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The convolution every layer evaluates, `lax.conv_general_dilated`'s signature
+# (gmvq_jax.models.conv.select: XLA's, or the matrix-product form for XLA:CPU).
+ConvFn = Any
 
 
 def downsampling_factor(channels: Sequence[int]) -> int:
@@ -42,6 +46,7 @@ class Upsample2x(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
+  conv: ConvFn = jax.lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x):
@@ -53,7 +58,7 @@ class Upsample2x(nn.Module):
     cols = _PHASE_TAPS[None, None, :, :]
     taps = padded[rows, cols]  # (a, dy, b, dx, in, out)
     taps = taps.transpose(1, 3, 4, 0, 2, 5).reshape(3, 3, in_features, 4 * self.features)
-    y = jax.lax.conv_general_dilated(
+    y = self.conv(
         x.astype(self.dtype), taps.astype(self.dtype), (1, 1), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     batch, height, width, _ = y.shape
@@ -87,14 +92,17 @@ class ResidualBlock(nn.Module):
   channels: int
   axis_name: Any = None
   dtype: Any = jnp.float32
+  conv: ConvFn = jax.lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             conv_general_dilated=self.conv)
     h = nn.relu(x)
-    h = nn.Conv(self.channels, (3, 3), use_bias=False, dtype=self.dtype)(h)
+    h = conv(self.channels, (3, 3))(h)
     h = _Norm(self.axis_name, self.dtype)(h, train)
     h = nn.relu(h)
-    h = nn.Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype)(h)
+    h = conv(self.channels, (1, 1))(h)
     h = _Norm(self.axis_name, self.dtype)(h, train)
     return x + h
 
@@ -107,19 +115,21 @@ class Encoder(nn.Module):
   num_res_blocks: int = 2
   axis_name: Any = None
   dtype: Any = jnp.float32
+  conv: ConvFn = jax.lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, dtype=self.dtype, conv_general_dilated=self.conv)
     x = x.astype(self.dtype)
     for width in self.channels:  # One 4x4 stride-2 convolution per width.
-      x = nn.Conv(width, (4, 4), strides=(2, 2), use_bias=False, dtype=self.dtype)(x)
+      x = conv(width, (4, 4), strides=(2, 2), use_bias=False)(x)
       x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
-    x = nn.Conv(self.channels[-1], (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = conv(self.channels[-1], (3, 3), use_bias=False)(x)
     x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
     for _ in range(self.num_res_blocks):
-      x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype)(x, train)
+      x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype, self.conv)(x, train)
     x = nn.relu(x)
-    return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+    return conv(self.out_channels, (1, 1))(x)
 
 
 class Decoder(nn.Module):
@@ -129,17 +139,19 @@ class Decoder(nn.Module):
   num_res_blocks: int = 2
   axis_name: Any = None
   dtype: Any = jnp.float32
+  conv: ConvFn = jax.lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, z, train: bool):
     x = z.astype(self.dtype)
-    x = nn.Conv(self.channels[-1], (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.Conv(self.channels[-1], (3, 3), use_bias=False, dtype=self.dtype,
+                conv_general_dilated=self.conv)(x)
     x = _Norm(self.axis_name, self.dtype)(x, train)
     for _ in range(self.num_res_blocks):
-      x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype)(x, train)
+      x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype, self.conv)(x, train)
     x = nn.relu(x)
     for width in reversed(self.channels[:-1]):  # Mirrors the encoder's strides.
-      x = Upsample2x(width, use_bias=False, dtype=self.dtype)(x)
+      x = Upsample2x(width, use_bias=False, dtype=self.dtype, conv=self.conv)(x)
       x = nn.relu(_Norm(self.axis_name, self.dtype)(x, train))
-    x = Upsample2x(3, dtype=self.dtype)(x)
+    x = Upsample2x(3, dtype=self.dtype, conv=self.conv)(x)
     return jax.nn.sigmoid(x.astype(jnp.float32))

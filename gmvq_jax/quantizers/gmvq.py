@@ -127,21 +127,26 @@ def quantize(
     if rng is None:
       raise ValueError("gmvq.quantize(train=True) needs `rng` for the Gumbel and Gaussian noise.")
     gumbel_rng, normal_rng = common.split_keys(rng)
-    codes, _ = gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
-    code_vectors = jnp.dot(codes, codebook, precision=jax.lax.Precision.HIGHEST)
-    variance = _chosen_distance(zh, codes, codebook) / (dim * 2.0 * sigma_z2)  # Eq. 18
+    hard_codes, soft = gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
+    indices = jnp.argmax(soft, axis=-1)
+    # c_q @ M and c_q . d of Eq. 18 with their straight-through gradients,
+    # without the (N, C) one-hot and distance arrays autodiff would write.
+    code_vectors, distance = straight_through_pick(soft, indices, codebook, zh)
+    codes = hard_codes  # The straight-through one-hot, for callers of aux only.
+    variance = distance / (dim * 2.0 * sigma_z2)  # Eq. 18
     eps = common.draw(jax.random.normal, normal_rng, zh.shape)
     # sqrt(s2) has an unbounded derivative where zh sits on its codeword (as
     # after k-means on the same batch), where the gradient's direction is
     # rounding noise; a variance floor of 1e-8 (std 1e-4) keeps it bounded.
     z = code_vectors + jnp.sqrt(variance + VARIANCE_FLOOR)[:, None] * eps
   else:
-    codes = jax.nn.one_hot(jnp.argmax(logit, axis=-1), num_codes, dtype=jnp.float32)
-    code_vectors = jnp.dot(codes, codebook, precision=jax.lax.Precision.HIGHEST)
+    indices = jnp.argmax(logit, axis=-1)
+    codes = jax.nn.one_hot(indices, num_codes, dtype=jnp.float32)
+    code_vectors = codebook[indices]
     variance = jnp.zeros(zh.shape[:1], jnp.float32)
     z = code_vectors
   aux = dict(
-      indices=jnp.argmax(codes, axis=-1).astype(jnp.int32),
+      indices=indices.astype(jnp.int32),
       probs=probs,
       log_probs=log_probs,
       codes=codes,
@@ -151,26 +156,66 @@ def quantize(
   return z, aux
 
 
-def _chosen_distance(zh: Array, codes: Array, codebook: Array) -> Array:
-  """`c_q . d` with d_c = ||zh - M_c||^2: its value exact, its gradient Eq. 18's.
+@jax.custom_vjp
+def straight_through_pick(soft: Array, indices: Array, codebook: Array,
+                          zh: Array) -> tuple[Array, Array]:
+  """`(c_q @ M, c_q . d)` for the straight-through code c_q = onehot + soft - sg(soft).
 
-  The expanded (matmul) form of d loses the small distance to the chosen
-  codeword to float32 cancellation, and the loss it leaves depends on how a
-  batch is split over devices. The value is therefore computed directly for
-  the chosen code; the gradient with respect to `c_q` is still the full
-  matmul-form vector `d`, and the gradients with respect to zh and M are
-  those of `c_q . d`.
+  With d_c = ||zh - M_c||^2 (Eq. 18). Forward values: the chosen codeword
+  M_k and its distance ||zh - M_k||^2, computed directly (the expanded
+  matmul form of d loses the small distance to float32 cancellation), and 0
+  where that distance is below float32 resolution (as when k-means put a
+  codeword on this very vector, where its gradient would point in a
+  rounding-noise direction amplified by d sqrt(s2) / d s2).
+
+  Gradients, those of the straight-through expression with d held constant:
+    d/d soft = g_z @ M^T + g_s d = (g_z - 2 g_s zh) @ M^T + g_s (|zh|^2 + |M_c|^2),
+    d/d M    = scatter-add over the chosen codes of g_z - 2 g_s (zh - M_k),
+    d/d zh   = 2 g_s (zh - M_k),
+  one (N, L) @ (L, C) product in all, where autodiff of the straight-through
+  expression writes the one-hot and d as (N, C) arrays and multiplies by them.
+
+  Args:
+    soft: (N, C) the relaxed sample y (its value is not used; it carries the gradient).
+    indices: (N,) int the chosen codes k (argmax of y).
+    codebook: (C, L) M.
+    zh: (N, L) proxy latents.
+
+  Returns:
+    (N, L) chosen codewords and (N,) squared distances to them.
   """
-  hard = jax.lax.stop_gradient(codes)  # One-hot in the forward pass.
-  chosen = jnp.dot(hard, codebook, precision=jax.lax.Precision.HIGHEST)  # Exact row pick.
-  direct = jnp.sum(jnp.square(zh - chosen), axis=-1)
-  # A distance below float32 resolution (as when k-means put a codeword on
-  # this very vector) is zero: its gradient would point in a rounding-noise
-  # direction, amplified by d sqrt(s2) / d s2.
+  return _pick_forward(indices, codebook, zh)[:2]
+
+
+def _pick_forward(indices, codebook, zh):
+  chosen = codebook[indices]
+  distance = jnp.sum(jnp.square(zh - chosen), axis=-1)
   scale = jnp.sum(jnp.square(zh), axis=-1) + jnp.sum(jnp.square(chosen), axis=-1)
-  direct = jnp.where(direct <= 1e-12 * scale, 0.0, direct)
-  distances = jax.lax.stop_gradient(common.squared_distances(zh, codebook))  # (N, C)
-  return direct + jnp.sum((codes - hard) * distances, axis=-1)
+  resolved = distance > 1e-12 * scale
+  return chosen, jnp.where(resolved, distance, 0.0), resolved
+
+
+def _pick_fwd(soft, indices, codebook, zh):
+  del soft
+  chosen, distance, resolved = _pick_forward(indices, codebook, zh)
+  return (chosen, distance), (indices, codebook, zh, chosen, resolved)
+
+
+def _pick_bwd(residuals, grads):
+  indices, codebook, zh, chosen, resolved = residuals
+  grad_vectors, grad_distance = grads  # (N, L), (N,)
+  hp = jax.lax.Precision.HIGHEST
+  # g_z @ M^T + g_s d with d_c = |zh|^2 - 2 zh . M_c + |M_c|^2, folded into one product.
+  grad_soft = (jnp.dot(grad_vectors - 2.0 * grad_distance[:, None] * zh, codebook.T, precision=hp)
+               + grad_distance[:, None] * (jnp.sum(jnp.square(zh), axis=-1, keepdims=True)
+                                           + jnp.sum(jnp.square(codebook), axis=-1)))
+  grad_direct = jnp.where(resolved, 2.0 * grad_distance, 0.0)[:, None] * (zh - chosen)
+  grad_codebook = jax.ops.segment_sum(grad_vectors - grad_direct, indices,
+                                      num_segments=codebook.shape[0])
+  return grad_soft, None, grad_codebook, grad_direct
+
+
+straight_through_pick.defvjp(_pick_fwd, _pick_bwd)
 
 
 def kl_to_uniform(probs: Array, log_probs: Array | None = None) -> Array:
@@ -361,11 +406,11 @@ def make(q: Any, *, num_steps: int, axis_name: Any = None) -> interface.Quantize
                              gamma=q.gamma, objective=q.objective, latent_reg=q.latent_reg,
                              axis_name=axis_name)
     max_probs = jnp.max(jax.lax.stop_gradient(aux["probs"]), axis=0)  # (C,)
-    return value, terms, (aux["codes"], max_probs, aux["zh"], aux["indices"])
+    return value, terms, (max_probs, aux["zh"], aux["indices"])
 
   def update(codebook, state, carry, step, rng):
-    codes, max_probs, zh, indices = carry
-    code_counts = common.psum(jnp.sum(jax.lax.stop_gradient(codes), axis=0), axis_name)
+    max_probs, zh, indices = carry
+    code_counts = interface.code_histogram(indices, q.num_codes, axis_name=axis_name)
     metrics = interface.code_metrics(code_counts, schedule(step))
     metrics["batch_reachable_codes"] = metrics_lib.reachable_codes(
         common.pmax(max_probs, axis_name))
