@@ -209,7 +209,8 @@ def _result_row(name: str, config: ml_collections.ConfigDict, figures: dict[str,
   row = dict(method=name, steps=int(config.num_steps), bits_per_image=methods.bits_per_image(config),
              train_seconds=train_seconds)
   if conversion.converts(config):
-    report = conversion.convert(str(run_dir), num_images=8)
+    # The comparison owns its run directories: a resumed run converts again.
+    report = conversion.convert(str(run_dir), num_images=8, overwrite=True)
     mse = report["mse_vq"]
     row.update(psnr=report["psnr_vq"], ssim=report["ssim_vq"],
                perplexity=report["token_perplexity"],

@@ -205,7 +205,8 @@ def kl_percentiles(counts: np.ndarray, maximum: float,
 @workdir_lock.locked("tokenizing")
 def convert(workdir: str, *, codebook_seed: int | None = None,
             prior_weight: float | None = None, sampler: str | None = None, split: str = "test",
-            batch_size: int | None = None, num_images: int = 16) -> dict[str, Any]:
+            batch_size: int | None = None, num_images: int = 16,
+            overwrite: bool = False) -> dict[str, Any]:
   """The offline GQ step on the latest checkpoint of `workdir`.
 
   Samples the codebook, quantizes the posterior means of `split`, decodes the
@@ -213,7 +214,9 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   WORKDIR/tokens/<split>.npz (tokens, codebook, metadata), WORKDIR/gq_report.json
   and WORKDIR/gq_reconstructions.png (originals, decoded from the means,
   decoded from the tokens). Every file goes through a temporary name and a
-  rename; nothing is written before all of the split is done.
+  rename; nothing is written before all of the split is done. Tokens of an
+  earlier conversion of the split are kept (OutputExistsError, before any
+  work) unless `overwrite`.
 
   Args:
     workdir: a GQ training run.
@@ -222,6 +225,7 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
     split: 'test' (the held-out split evaluation uses) or 'train' (TFDS only).
     batch_size: images per device call; default the run's eval_batch_size.
     num_images: images in the picture.
+    overwrite: replace WORKDIR/tokens/<split>.npz and .json if they exist.
 
   Returns:
     The report (also written as gq_report.json).
@@ -235,6 +239,11 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   _check_flags(codebook_seed, prior_weight, sampler, split, num_images)
   if batch_size < 1:
     raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
+  tokens_dir = io_lib.as_path(workdir) / TOKENS_SUBDIR
+  for path in (tokens_dir / f"{split}.npz", tokens_dir / f"{split}.json"):
+    if path.exists() and not overwrite:
+      raise token_files.OutputExistsError(
+          f"{path} exists (tokens of an earlier conversion); pass --overwrite to replace it.")
   num_codes = 2**q.log2_codebook_size
   codebook = gq_codebook.sample_codebook(int(codebook_seed), num_codes, q.group_size, sampler)
 
@@ -305,7 +314,6 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   tokenizer = tokenizer_lib.Tokenizer(config, state, codebook_seed=int(codebook_seed),
                                       prior_weight=float(prior_weight), sampler=sampler)
   metadata = dict(tokenizer.metadata(tokens.shape[0]), bpp=bpp, split=split)
-  tokens_dir = io_lib.as_path(workdir) / TOKENS_SUBDIR
   tokens_dir.mkdir(parents=True, exist_ok=True)
   token_files.save(tokens_dir / f"{split}.npz", tokens, dict(codebook=codebook), metadata)
   evaluation.write_json(tokens_dir / f"{split}.json", metadata)

@@ -8,12 +8,13 @@ perplexity, per-token KL bits) and DIR/gq_reconstructions.png (originals,
 decoded from the posterior means, decoded from the tokens). The token file
 is of the format `launch.tokenize` writes for every method, fingerprints of
 the checkpoint and codebook included; `launch.decode` turns it into images.
+Tokens of an earlier conversion of the split are kept unless --overwrite is
+given.
 """
 
 import json
 import os
 
-from absl import app
 from absl import flags
 
 from gmvq_jax import conversion
@@ -25,6 +26,8 @@ _SPLIT = flags.DEFINE_enum("split", "test", list(conversion.SPLITS),
                            "Split to tokenize ('train' needs a TFDS dataset).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Images per device call; default eval_batch_size.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 16, "Images shown in gq_reconstructions.png.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Replace the tokens of an earlier conversion of the split.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -32,7 +35,8 @@ def main(argv):
   with common.launched(argv):
     report = conversion.convert(
         _WORKDIR.value, codebook_seed=_SEED.value, prior_weight=_PRIOR_WEIGHT.value,
-        sampler=_SAMPLER.value, split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value)
+        sampler=_SAMPLER.value, split=_SPLIT.value, batch_size=_BATCH.value, num_images=_NUM_IMAGES.value,
+        overwrite=_OVERWRITE.value)
   summary = {k: v for k, v in report.items() if k != "kl_bits_histogram"}
   print(json.dumps(summary, indent=2))
   print("Wrote", os.path.join(_WORKDIR.value, conversion.TOKENS_SUBDIR, f"{_SPLIT.value}.npz"),
@@ -41,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -126,7 +126,7 @@ if not SMOKE:
 gq_dir = os.path.join(WORKDIR, "gq")
 print(json.dumps(train_lib.train_and_evaluate(gq_config, gq_dir), indent=2))"""),
     ("code", ["figure"], r"""# The offline conversion: tokens, a report, and originals / from the means / from the tokens.
-report = conversion.convert(gq_dir, num_images=8)
+report = conversion.convert(gq_dir, num_images=8, overwrite=True)  # Re-running replaces them.
 print({k: report[k] for k in ("psnr_gaussian", "psnr_vq", "psnr_drop_db", "bpp", "code_usage")})
 picture = plt.imread(os.path.join(gq_dir, conversion.PICTURE_NAME))
 plt.figure(figsize=(10, 4))

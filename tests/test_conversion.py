@@ -15,6 +15,7 @@ from configs import gq_demo
 from gmvq_jax import conversion
 from gmvq_jax import evaluation
 from gmvq_jax import metric_writers
+from gmvq_jax import token_files
 from gmvq_jax import train_lib
 from gmvq_jax.quantizers import gq
 from gmvq_jax.quantizers import gq_codebook
@@ -134,10 +135,17 @@ class ConversionTest(absltest.TestCase):
   def test_convert_is_deterministic_and_seed_changes_codebook(self):
     workdir = self._tmpdir()
     shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
-    again = conversion.convert(workdir, num_images=5)
+    tokens = os.path.join(workdir, "tokens", "test.npz")
+    with open(tokens, "rb") as f:
+      before = f.read()
+    with self.assertRaisesRegex(token_files.OutputExistsError, "test.npz exists.*--overwrite"):
+      conversion.convert(workdir, num_images=5)
+    with open(tokens, "rb") as f:
+      self.assertEqual(f.read(), before)  # Refused before anything was written.
+    again = conversion.convert(workdir, num_images=5, overwrite=True)
     self.assertEqual(json.dumps(again), json.dumps(self.report))
     other = conversion.convert(workdir, codebook_seed=7, prior_weight=2.0,
-                               sampler="normal", num_images=0)
+                               sampler="normal", num_images=0, overwrite=True)
     _, codebook, metadata = conversion.load_tokens(os.path.join(workdir, "tokens", "test.npz"))
     _, first_codebook, _ = conversion.load_tokens(self.tokens_path)
     self.assertFalse(np.array_equal(codebook, first_codebook))
@@ -251,8 +259,12 @@ class ConversionTest(absltest.TestCase):
   def test_launchers_quantize_and_decode(self):
     workdir = self._tmpdir()
     shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
+    kept = _run("launch.quantize", f"--workdir={workdir}", "--codebook_seed=3")
+    self.assertEqual(kept.returncode, 1)
+    self.assertIn("test.npz exists (tokens of an earlier conversion); pass --overwrite",
+                  kept.stderr)
     quantize = _run("launch.quantize", f"--workdir={workdir}", "--codebook_seed=3",
-                    "--prior_weight=2")
+                    "--prior_weight=2", "--overwrite")
     self.assertEqual(quantize.returncode, 0, quantize.stderr[-3000:])
     with open(os.path.join(workdir, conversion.REPORT_NAME)) as f:
       report = json.load(f)
