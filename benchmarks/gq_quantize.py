@@ -245,17 +245,15 @@ def pass_breakdown(mu, std, codebook, tile: int) -> list[str]:
   num_codes = codebook.shape[0]
   inv_var = 1.0 / jnp.square(std)
   features = jnp.concatenate([mu * inv_var, 0.5 * (_PRIOR_WEIGHT.value - inv_var)], axis=-1)
-  code_features = jnp.concatenate([codebook, jnp.square(codebook)], axis=-1)
-  padded = -(-num_codes // tile) * tile
-  tiles = jnp.pad(code_features, ((0, padded - num_codes), (0, 0))).reshape(-1, tile, 2 * dim)
+  tiles = gq_codebook.code_tiles(codebook, tile)  # (T, 2m, tile)
   flops = 2 * num_tokens * num_codes * 2 * dim
   pass_one = jax.jit(lambda f, t: gq_codebook._winning_tiles(f, t, num_codes))  # pylint: disable=protected-access
 
   def matmuls_only(f, t):
     block = min(gq_codebook.TOKEN_BLOCK, num_tokens)
-    blocks = f[:num_tokens // block * block].reshape(-1, block, 2 * dim).transpose(0, 2, 1)
+    blocks = f[:num_tokens // block * block].reshape(-1, block, 2 * dim)
     return jax.lax.map(lambda b: jax.lax.scan(
-        lambda c, tile_: (c + jnp.dot(tile_, b, precision=HIGHEST)[0], None),
+        lambda c, tile_: (c + jnp.dot(b, tile_, precision=HIGHEST)[:, 0], None),
         jnp.zeros((block,), jnp.float32), t)[0], blocks)
 
   full = time_quantize(mu, std, codebook, tile)["gflops"]
