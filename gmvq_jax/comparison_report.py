@@ -141,6 +141,7 @@ def plot_scatter(rows: Sequence[dict], path: epath.PathLike) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   figure, axis = plt.subplots(figsize=(7.5, 5.5))
   for row in rows:
@@ -149,6 +150,11 @@ def plot_scatter(rows: Sequence[dict], path: epath.PathLike) -> None:
                   markersize=4, capsize=2, elinewidth=0.8)
     axis.annotate(row["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
   axis.set_xscale("log")
+  # Plain numbers at 1, 2 and 5 of each decade: matplotlib's labelled minor
+  # ticks (2x10^1, 3x10^1, ...) overlap on an axis spanning a decade or two.
+  axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+  axis.xaxis.set_minor_formatter(ticker.NullFormatter())
   axis.set_xlabel("hard perplexity of the test codes (log scale)")
   axis.set_ylabel("test MSE x1e-3")
   num_seeds = sorted({row["num_seeds"] for row in rows})
