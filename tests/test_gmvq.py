@@ -2,6 +2,7 @@
 
 import functools
 import math
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -171,6 +172,20 @@ class QuantizeTest(parameterized.TestCase):
     # Float32 cancellation in d (either form), amplified by the softmax's 1/tau.
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4 / temperature)
     self.assertGreater(float(jnp.max(jnp.abs(got[1][2]))), 1e-3)  # The logits' path is live.
+
+  def test_codebook_gradient_is_the_same_on_the_gpu_branch(self):
+    """The one-hot product used off the CPU equals the CPU's scatter-add."""
+    zh, raw, codebook = _inputs(8)
+    probe = jax.random.normal(jax.random.key(13), (N, L))
+
+    def loss(codebook):
+      z, aux = _quantize(codebook, zh, raw, rng=jax.random.key(14), temperature=0.5)
+      return jnp.sum(z * probe) + jnp.sum(aux["variance"])
+    cpu = jax.grad(loss)(codebook)  # Eager: traced anew under the patch below.
+    with mock.patch.object(jax, "default_backend", lambda: "gpu"):
+      gpu = jax.grad(loss)(codebook)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-6)
+    self.assertGreater(float(jnp.max(jnp.abs(cpu))), 1e-3)
 
   def test_train_requires_rng(self):
     zh, raw, codebook = _inputs()

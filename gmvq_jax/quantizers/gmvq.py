@@ -170,7 +170,9 @@ def straight_through_pick(soft: Array, indices: Array, codebook: Array,
 
   Gradients, those of the straight-through expression with d held constant:
     d/d soft = g_z @ M^T + g_s d = (g_z - 2 g_s zh) @ M^T + g_s (|zh|^2 + |M_c|^2),
-    d/d M    = scatter-add over the chosen codes of g_z - 2 g_s (zh - M_k),
+    d/d M    = sum over the vectors that chose each code of g_z - 2 g_s (zh - M_k)
+               (a scatter-add on the CPU; a one-hot product elsewhere, deterministic
+               on GPUs),
     d/d zh   = 2 g_s (zh - M_k),
   one (N, L) @ (L, C) product in all, where autodiff of the straight-through
   expression writes the one-hot and d as (N, C) arrays and multiplies by them.
@@ -210,8 +212,12 @@ def _pick_bwd(residuals, grads):
                + grad_distance[:, None] * (jnp.sum(jnp.square(zh), axis=-1, keepdims=True)
                                            + jnp.sum(jnp.square(codebook), axis=-1)))
   grad_direct = jnp.where(resolved, 2.0 * grad_distance, 0.0)[:, None] * (zh - chosen)
-  grad_codebook = jax.ops.segment_sum(grad_vectors - grad_direct, indices,
-                                      num_segments=codebook.shape[0])
+  grad_chosen = grad_vectors - grad_direct
+  if jax.default_backend() == "cpu":  # A sequential scatter-add: cheap and deterministic.
+    grad_codebook = jax.ops.segment_sum(grad_chosen, indices, num_segments=codebook.shape[0])
+  else:  # GPU scatter-adds use atomics (run-to-run rounding); the one-hot product does not.
+    one_hot = jax.nn.one_hot(indices, codebook.shape[0], dtype=grad_chosen.dtype)
+    grad_codebook = jnp.dot(one_hot.T, grad_chosen, precision=hp)
   return grad_soft, None, grad_codebook, grad_direct
 
 
