@@ -330,7 +330,8 @@ def main(argv):
 
   print()
   print(f"GM-VQ train step, CIFAR10 config (32x32 images, C=1024, L=64, channels (32, 64), 2 residual "
-        f"blocks), float32, conv_impl={gmvq_cifar10.get_config().conv_impl!r}.\nMedian of {repeats} repeats x {steps_per_repeat} step(s), after "
+        f"blocks), float32, conv_impl={config.conv_impl!r}.\n"
+        f"Median of {repeats} repeats x {steps_per_repeat} step(s), after "
         f"{warmup} warm-up step(s), variants alternating; torch AdamW={_TORCH_ADAMW.value}.")
   print("\n".join(format_table(timings)))
   print("JAX speed-up = variant ms/step / JAX ms/step (>1: the library's JAX step is faster). "

@@ -128,11 +128,11 @@ def make_quantizer(config: ml_collections.ConfigDict,
 def build_model(config: ml_collections.ConfigDict, axis_name: Any = None,
                 quantizer: interface.Quantizer | None = None) -> nn.Module:
   """The autoencoder a config describes; `axis_name` for cross-device BatchNorm."""
+  dtype = compute_dtype(config)
   return autoencoder.Autoencoder(
       quantizer=quantizer or make_quantizer(config, axis_name),
       channels=tuple(config.model.channels), num_res_blocks=config.model.num_res_blocks,
-      axis_name=axis_name, dtype=compute_dtype(config),
-      conv=conv_lib.select(config.get("conv_impl", "xla"), compute_dtype(config)))
+      axis_name=axis_name, dtype=dtype, conv=conv_lib.select(config.get("conv_impl", "xla"), dtype))
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:

@@ -143,9 +143,10 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             conv_general_dilated=self.conv)
     x = z.astype(self.dtype)
-    x = nn.Conv(self.channels[-1], (3, 3), use_bias=False, dtype=self.dtype,
-                conv_general_dilated=self.conv)(x)
+    x = conv(self.channels[-1], (3, 3))(x)
     x = _Norm(self.axis_name, self.dtype)(x, train)
     for _ in range(self.num_res_blocks):
       x = ResidualBlock(self.channels[-1], self.axis_name, self.dtype, self.conv)(x, train)

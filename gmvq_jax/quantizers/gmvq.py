@@ -127,12 +127,12 @@ def quantize(
     if rng is None:
       raise ValueError("gmvq.quantize(train=True) needs `rng` for the Gumbel and Gaussian noise.")
     gumbel_rng, normal_rng = common.split_keys(rng)
-    hard_codes, soft = gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
+    # `codes`, the straight-through one-hot, is for callers of aux only.
+    codes, soft = gumbel_softmax_straight_through(gumbel_rng, log_probs, temperature)
     indices = jnp.argmax(soft, axis=-1)
     # c_q @ M and c_q . d of Eq. 18 with their straight-through gradients,
     # without the (N, C) one-hot and distance arrays autodiff would write.
     code_vectors, distance = straight_through_pick(soft, indices, codebook, zh)
-    codes = hard_codes  # The straight-through one-hot, for callers of aux only.
     variance = distance / (dim * 2.0 * sigma_z2)  # Eq. 18
     eps = common.draw(jax.random.normal, normal_rng, zh.shape)
     # sqrt(s2) has an unbounded derivative where zh sits on its codeword (as
