@@ -240,10 +240,9 @@ def convert(workdir: str, *, codebook_seed: int | None = None,
   if batch_size < 1:
     raise ConversionError(f"--batch_size={batch_size}: need >= 1.")
   tokens_dir = io_lib.as_path(workdir) / TOKENS_SUBDIR
-  for path in (tokens_dir / f"{split}.npz", tokens_dir / f"{split}.json"):
-    if path.exists() and not overwrite:
-      raise token_files.OutputExistsError(
-          f"{path} exists (tokens of an earlier conversion); pass --overwrite to replace it.")
+  token_files.refuse_existing(
+      [tokens_dir / f"{split}.npz", tokens_dir / f"{split}.json"], overwrite,
+      what=" (tokens of an earlier conversion)", fix="")
   num_codes = 2**q.log2_codebook_size
   codebook = gq_codebook.sample_codebook(int(codebook_seed), num_codes, q.group_size, sampler)
 

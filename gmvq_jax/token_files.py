@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -110,6 +110,23 @@ def check_output(path: epath.PathLike, overwrite: bool, flag: str = "--output") 
     raise OutputExistsError(f"{flag}={path} exists; pass --overwrite to replace it, or choose"
                             " another path.")
   return path
+
+
+def refuse_existing(paths: Sequence[epath.PathLike], overwrite: bool, *, what: str = "",
+                    fix: str = ", or choose another --output") -> None:
+  """OutputExistsError naming the first of `paths` that exists, unless `overwrite`.
+
+  Args:
+    paths: files a command would write.
+    overwrite: the user asked to replace them.
+    what: said after "<path> exists", e.g. " (tokens of an earlier conversion)".
+    fix: said after "pass --overwrite to replace it".
+  """
+  if overwrite:
+    return
+  for path in paths:
+    if epath.Path(path).exists():
+      raise OutputExistsError(f"{path} exists{what}; pass --overwrite to replace it{fix}.")
 
 
 def save(path: epath.PathLike, tokens: np.ndarray, arrays: Mapping[str, np.ndarray],

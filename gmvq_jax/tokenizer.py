@@ -312,10 +312,7 @@ def tokenize_split(workdir: str, *, split: str = "test", output: epath.PathLike 
     raise TokenizerError(f"--split={split!r}; allowed: {', '.join(registry.EVAL_SPLITS)}.")
   output = epath.Path(output or epath.Path(workdir) / TOKENS_SUBDIR / f"{split}.npz")
   output = token_files.check_output(output, overwrite)
-  beside = output.with_suffix(".json")
-  if beside.exists() and not overwrite:
-    raise token_files.OutputExistsError(
-        f"{beside} exists; pass --overwrite to replace it, or choose another --output.")
+  token_files.refuse_existing([output.with_suffix(".json")], overwrite)
   config, state, dataset = evaluation.restore_run(str(workdir))
   tokenizer = Tokenizer(config, state, codebook_seed=codebook_seed, prior_weight=prior_weight,
                         sampler=sampler)
@@ -331,7 +328,7 @@ def tokenize_split(workdir: str, *, split: str = "test", output: epath.PathLike 
   metadata = dict(tokenizer.metadata(tokens.shape[0]), split=split)
   output.parent.mkdir(parents=True, exist_ok=True)
   token_files.save(output, tokens, tokenizer.codebook_arrays, metadata)
-  token_files.write_json(beside, metadata)
+  token_files.write_json(output.with_suffix(".json"), metadata)
   return output, metadata
 
 
@@ -404,9 +401,8 @@ def decode_file(workdir: str, tokens_path: epath.PathLike, *,
         f"--output={output} is the token file itself; choose another path.")
   output = token_files.check_output(output, overwrite)
   picture = output.with_suffix(".png")
-  if num_images and tokens.shape[0] and picture.exists() and not overwrite:
-    raise token_files.OutputExistsError(
-        f"{picture} exists; pass --overwrite to replace it, or choose another --output.")
+  if num_images and tokens.shape[0]:
+    token_files.refuse_existing([picture], overwrite)
   batch_size = config.eval_batch_size if batch_size is None else batch_size
   _check_batch_size(batch_size)
   decoded = []

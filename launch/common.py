@@ -136,23 +136,28 @@ def initialize_distributed() -> None:
     distributed.initialize(**{name: flag.value for name, flag in _DISTRIBUTED_FLAGS.items()})
 
 
+_RESUME = "Rerun the same command to resume from the last checkpoint."
+
+
 @contextlib.contextmanager
-def launched(argv: Sequence[str]):
+def launched(argv: Sequence[str], rerun: str = _RESUME):
   """The body of a launcher's main: refuses stray arguments, quiets logging, reports user errors.
 
-  `with common.launched(argv): ...` is `user_errors()` after the argument
-  check and `setup_logging()` that every launcher makes first.
+  `with common.launched(argv): ...` is `user_errors(rerun)` after the
+  argument check and `setup_logging()` that every launcher makes first.
   """
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   setup_logging()
-  with user_errors():
+  with user_errors(rerun):
     yield
 
 
 @contextlib.contextmanager
-def user_errors():
+def user_errors(rerun: str = _RESUME):
   """Turns errors a user fixes by changing an input into one clear line and exit status 1.
+
+  `rerun` ends the message after a Ctrl-C: what rerunning the command does.
 
   A run stopped on request (SIGTERM, SIGINT, --stop_after_steps) exits 0
   after saying where its checkpoint is.
@@ -172,7 +177,7 @@ def user_errors():
   except KeyboardInterrupt as error:
     _exit(str(error) if isinstance(error, errors.StopSignal) else (
         f"Interrupted (Ctrl-C) while {errors.describe_activity(error)}; nothing more was"
-        " saved. Rerun the same command to resume from the last checkpoint."), 130)
+        f" saved. {rerun}"), 130)
   except OSError as error:
     if error.errno not in _ENVIRONMENT_FIXES and not error.filename:
       _report_failure(error)

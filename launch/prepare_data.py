@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 
-from absl import app
 from absl import flags
 from etils import epath
 import tensorflow_datasets as tfds
@@ -128,13 +126,9 @@ def prepare(name: str, data_dir: str | None) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  common.setup_logging()
-  try:
-    print(prepare(_DATASET.value, _DATA_DIR.value))
-  except errors.UserError as error:
-    sys.exit(f"error: {error}")
+  with common.launched(argv, rerun="Rerun the same command: finished downloads are reused."):
+    with errors.activity(f"preparing {_DATASET.value}"):
+      print(prepare(_DATASET.value, _DATA_DIR.value))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,21 @@ class LaunchTest(absltest.TestCase):
     self.assertFalse(quiet.filter(record(std_logging.WARNING, "/x/orbax/checkpoint_manager.py", read_only)))
     self.assertTrue(quiet.filter(record(std_logging.WARNING, "/x/orbax/checkpoint_manager.py", "other")))
 
+  def test_ctrl_c_ends_in_one_line_that_says_what_a_rerun_does(self):
+    script = ("from launch import common\n"
+              "with common.user_errors({}):\n"
+              "  raise KeyboardInterrupt\n")
+    for rerun, expected in ((None, "resume from the last checkpoint."),
+                            ("'Rerun: downloads are reused.'", "Rerun: downloads are reused.")):
+      result = subprocess.run(
+          [sys.executable, "-c", script.format(rerun or "")], cwd=REPO, capture_output=True,
+          text=True, env=dict(os.environ), timeout=600)
+      self.assertEqual(result.returncode, 130, result.stderr)
+      self.assertNotIn("Traceback", result.stderr)
+      line = result.stderr.strip().splitlines()[-1]
+      self.assertTrue(line.startswith("error: Interrupted (Ctrl-C) while running;"), line)
+      self.assertTrue(line.endswith(expected), line)
+
   def test_evaluate_without_checkpoint(self):
     result = _run("launch.evaluate", f"--workdir={self.workdir}")
     self.assertNotEqual(result.returncode, 0)
