@@ -23,7 +23,8 @@ give a method its own number of steps):
 
 It writes WORKDIR/table.md (`mean ± std` per figure and the chosen lr),
 table.csv (`<figure>_mean` / `<figure>_std` columns), tuning.md and
-tuning.csv (every method's val MSE at every multiplier), curves.png (the
+tuning.csv (every method's val MSE at every multiplier, and the time its
+runs took: the comparison's wall time is their sum), curves.png (the
 training curves of `seeds[0]` at the chosen lr) and scatter.png (test MSE
 against hard perplexity, error bars one std over seeds), and each method's
 row in WORKDIR/runs/<method>/result.json. Every finished (lr, seed) run has
@@ -295,7 +296,8 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
       raise
     logging.warning("%s lr x%g seed %d diverged; never chosen: %s", name, lr_multiplier, seed,
                     error)
-    result.update(diverged=str(error), val=None, row=None)
+    result.update(diverged=str(error), val=None, row=None,
+                  seconds=time.perf_counter() - started)
     run_dir.mkdir(parents=True, exist_ok=True)
     evaluation.write_json(result_path, result)
     return result
@@ -330,12 +332,23 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return row
 
 
+def run_seconds(result: dict[str, Any]) -> Optional[float]:
+  """Seconds a run took, start to final evaluation (compilation included).
+
+  A run resumed after an interruption counts only its last part. None for
+  a diverged run saved before its time was recorded.
+  """
+  return result["row"]["train_seconds"] if result.get("row") else result.get("seconds")
+
+
 def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: epath.PathLike) -> dict:
   """The protocol of the module docstring for one method; returns its row.
 
-  The row also holds `per_seed` (each seed's run row) and `tuning` (each
-  multiplier's peak lr, val MSE or None if it diverged, and whether it was
-  chosen); it is written to WORKDIR/runs/<name>/result.json.
+  The row also holds `per_seed` (each seed's run row), `tuning` (each
+  multiplier's peak lr, val MSE or None if it diverged, whether it was
+  chosen, and its run's seconds) and the method's time: `num_runs`,
+  `run_seconds` (the sum of `run_seconds(result)`) and `untimed_runs` (runs with no
+  recorded time). It is written to WORKDIR/runs/<name>/result.json.
   """
   seeds = [int(seed) for seed in compare_config.seeds]
   grid = [float(m) for m in compare_config.lr_grid]
@@ -353,10 +366,15 @@ def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: ep
   per_seed = [result["row"] for result in results]
   base_lr = float(compare_config.train.optimizer.peak_lr)
   row = summarize(per_seed)
+  seconds = [run_seconds(result) for result in tuned + results[1:]]
   row.update(lr_multiplier=chosen, peak_lr=per_seed[0]["peak_lr"], num_seeds=len(seeds),
              seeds=seeds, per_seed=per_seed,
              tuning=[dict(lr_multiplier=m, peak_lr=m * base_lr, seed=seeds[0], val_mse=mse,
-                          chosen=i == index) for i, (m, mse) in enumerate(zip(grid, val_mses))])
+                          chosen=i == index, seconds=run_seconds(result))
+                     for i, (m, mse, result) in enumerate(zip(grid, val_mses, tuned))],
+             num_runs=len(seconds),
+             run_seconds=sum(s for s in seconds if s is not None),
+             untimed_runs=sum(s is None for s in seconds))
   evaluation.write_json(io_lib.as_path(workdir) / RUNS_SUBDIR / name / RESULT_NAME, dict(row=row))
   return row
 

@@ -67,19 +67,31 @@ def format_table(rows: Sequence[dict]) -> tuple[str, str]:
   return "\n".join(lines) + "\n", buffer.getvalue()
 
 
+def format_duration(seconds: float) -> str:
+  """'1 h 05 min', '12 min', '40 s'."""
+  minutes = int(round(seconds / 60))
+  if seconds < 60:
+    return f"{seconds:.0f} s"
+  return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
-  """(Markdown, CSV) of every method's final val MSE at every lr multiplier.
+  """(Markdown, CSV) of every method's final val MSE at every lr multiplier, and run times.
 
   Markdown: one row per method, one column per multiplier (val MSE x1e-3,
   the chosen one in bold, 'diverged' for a run that stopped on non-finite
-  values). CSV, one line per (method, multiplier): method, lr_multiplier,
-  peak_lr, seed, val_mse (empty if diverged), chosen.
+  values), then the method's run time (all its runs, tuning included); a
+  last line gives the total over methods, which is the comparison's wall
+  time when nothing else ran. CSV, one line per (method, multiplier):
+  method, lr_multiplier, peak_lr, seed, val_mse (empty if diverged),
+  chosen, seconds (that run's).
   """
   grid = [entry["lr_multiplier"] for entry in rows[0]["tuning"]] if rows else []
   header = ["method"] + [f"x{m:g} (peak lr {entry['peak_lr']:.3g})"
                          for m, entry in zip(grid, rows[0]["tuning"] if rows else [])]
+  header.append("run time (runs)")
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-  keys = ("method", "lr_multiplier", "peak_lr", "seed", "val_mse", "chosen")
+  keys = ("method", "lr_multiplier", "peak_lr", "seed", "val_mse", "chosen", "seconds")
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(keys)
@@ -89,12 +101,28 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
       mse = entry["val_mse"]
       cell = "diverged" if mse is None else f"{1e3 * mse:.2f}"
       cells.append(f"**{cell}**" if entry["chosen"] else cell)
-      writer.writerow([row["method"]] + [("" if entry[key] is None else entry[key])
+      writer.writerow([row["method"]] + [("" if entry.get(key) is None else entry[key])
                                          for key in keys[1:]])
+    cells.append(_run_time(row))
     lines.append("| " + " | ".join(cells) + " |")
   caption = ("Final val MSE x1e-3 of the tuning runs (one seed) at each multiplier of"
-             " train.optimizer.peak_lr; bold: chosen (lowest).\n\n")
-  return caption + "\n".join(lines) + "\n", buffer.getvalue()
+             " train.optimizer.peak_lr; bold: chosen (lowest). Run time: each run from its"
+             " start to its final evaluation, compilation included (a run resumed after an"
+             " interruption counts its last part only).\n\n")
+  total = {key: sum(row[key] for row in rows)
+           for key in ("run_seconds", "num_runs", "untimed_runs")
+           if all(key in row for row in rows)}
+  footer = f"\nAll methods: {_run_time(total)}.\n" if rows else ""
+  return caption + "\n".join(lines) + "\n" + footer, buffer.getvalue()
+
+
+def _run_time(row: dict) -> str:
+  """'1 h 05 min (12 runs)', with how many runs have no recorded time."""
+  if "run_seconds" not in row:  # A row saved before run times were summed.
+    return MISSING
+  untimed = row.get("untimed_runs", 0)
+  note = f", {untimed} untimed" if untimed else ""
+  return f"{format_duration(row['run_seconds'])} ({row['num_runs']} runs{note})"
 
 
 def write_text(path: epath.PathLike, text: str) -> None:

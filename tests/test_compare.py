@@ -20,6 +20,7 @@ from configs import compare_celeba
 from configs import compare_cifar10
 from configs import compare_demo
 from gmvq_jax import comparison
+from gmvq_jax import comparison_report
 from gmvq_jax import config_checks
 from gmvq_jax import faults
 from gmvq_jax import metric_writers
@@ -159,7 +160,23 @@ class CompareTest(absltest.TestCase):
       self.assertEqual(record["chosen"] == "True",
                        float(record["lr_multiplier"]) == row["lr_multiplier"])
     with open(os.path.join(self.workdir, "tuning.md")) as f:
-      self.assertEqual(f.read().count("**"), 2 * len(REAL_METHODS))
+      tuning_md = f.read()
+    self.assertEqual(tuning_md.count("**"), 2 * len(REAL_METHODS))
+    # Run time: every method's 2 tuning runs and its second seed; the total is their sum.
+    for row in self.rows:
+      seeds = [entry["seconds"] for entry in row["tuning"]] + [row["per_seed"][1]["train_seconds"]]
+      self.assertEqual((row["num_runs"], row["untimed_runs"]), (3, 0))
+      self.assertAlmostEqual(row["run_seconds"], sum(seeds))
+      self.assertTrue(all(seconds > 0 for seconds in seeds), row["method"])
+      chosen = [e for e in row["tuning"] if e["chosen"]][0]
+      self.assertEqual(chosen["seconds"], row["per_seed"][0]["train_seconds"])
+      self.assertIn(f"| {comparison_report.format_duration(row['run_seconds'])} (3 runs) |",
+                    tuning_md)
+    total = sum(row["run_seconds"] for row in self.rows)
+    self.assertTrue(tuning_md.endswith(
+        f"\nAll methods: {comparison_report.format_duration(total)} (9 runs).\n"), tuning_md)
+    self.assertEqual(sorted(float(r["seconds"]) for r in tuning),
+                     sorted(e["seconds"] for row in self.rows for e in row["tuning"]))
     for name in ("curves.png", "scatter.png"):
       with Image.open(os.path.join(self.workdir, name)) as picture:
         self.assertGreater(picture.size[0], 300, name)
@@ -279,6 +296,12 @@ class ProtocolTest(absltest.TestCase):
     with mock.patch.object(train_lib, "train_and_evaluate", side_effect=fake):
       return comparison.compare(config, self.workdir)
 
+  def test_durations_read_as_a_person_would_say_them(self):
+    self.assertEqual(comparison_report.format_duration(40.4), "40 s")
+    self.assertEqual(comparison_report.format_duration(719), "12 min")
+    self.assertEqual(comparison_report.format_duration(3900), "1 h 05 min")
+    self.assertEqual(comparison_report.format_duration(36000), "10 h 00 min")
+
   def test_choose_lr_picks_the_lowest_val_mse(self):
     self.assertEqual(comparison.choose_lr((0.5, 1.0, 2.0), (0.3, 0.1, 0.2)), 1.0)
     self.assertEqual(comparison.choose_lr((0.5, 1.0, 2.0), (0.3, 0.2, 0.1)), 2.0)
@@ -350,9 +373,22 @@ class ProtocolTest(absltest.TestCase):
     self.assertEqual([entry["val_mse"] for entry in row["tuning"]], [None, 0.02])
     with open(os.path.join(self.workdir, "tuning.md")) as f:
       self.assertIn("| fsq | diverged | **20.00** |", f.read())
+    self.assertGreaterEqual(row["tuning"][0]["seconds"], 0.0)  # A diverged run is timed too.
+    self.assertEqual((row["num_runs"], row["untimed_runs"]), (3, 0))
     fake = _FakeTrainer(val={})
     self.assertEqual(self._compare(config, fake), [json.loads(json.dumps(row))])
     self.assertEqual(fake.trained, [])
+    # A diverged run saved before run times were recorded is counted as untimed.
+    diverged_path = os.path.join(_run_dir(self.workdir, "fsq", 0.5, 0), comparison.RESULT_NAME)
+    with open(diverged_path) as f:
+      saved = json.load(f)
+    del saved["seconds"]
+    with open(diverged_path, "w") as f:
+      json.dump(saved, f)
+    (old,) = self._compare(config, fake)
+    self.assertEqual((old["untimed_runs"], old["tuning"][0]["seconds"]), (1, None))
+    with open(os.path.join(self.workdir, "tuning.md")) as f:
+      self.assertIn("(3 runs, 1 untimed) |", f.read())
     # A diverged run at the chosen lr with another seed is an error, as in training.
     config.seeds = (0, 3)
     with self.assertRaises(faults.NonFiniteError):
