@@ -7,7 +7,7 @@ lowest final validation MSE is chosen, the other seeds are trained at it,
 and the table reports the test figures' mean ± std over the seeds (GQ after
 its offline conversion to tokens). Runs live in
 DIR/runs/<method>/lr<multiplier>_seed<seed>/; the outputs are DIR/table.md,
-table.csv, tuning.md, tuning.csv (val MSE at every multiplier), curves.png
+table.csv, tuning.md, tuning.csv (val MSE at every multiplier; run times), curves.png
 and scatter.png. Rerunning skips the runs that finished and resumes the one
 that was interrupted. Override a field of every method with
 --config.train.FIELD=VALUE, of one method's quantizer with
