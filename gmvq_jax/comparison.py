@@ -306,7 +306,7 @@ def run_one(compare_config: ml_collections.ConfigDict, name: str, lr_multiplier:
   row = _result_row(name, config, figures, train_seconds, run_dir)
   row.update(seed=int(seed), lr_multiplier=float(lr_multiplier),
              peak_lr=float(config.optimizer.peak_lr))
-  result.update(val=val, row=row)
+  result.update(val=val, row=row, seconds=time.perf_counter() - started)
   evaluation.write_json(result_path, result)
   return result
 
@@ -333,12 +333,15 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_seconds(result: dict[str, Any]) -> Optional[float]:
-  """Seconds a run took, start to final evaluation (compilation included).
+  """Seconds a run took: training, compilation, evaluation and GQ's conversion.
 
-  A run resumed after an interruption counts only its last part. None for
-  a diverged run saved before its time was recorded.
+  A run resumed after an interruption counts only its last part. Results
+  saved before `seconds` was recorded give their `train_seconds` (no
+  conversion), or None if they diverged.
   """
-  return result["row"]["train_seconds"] if result.get("row") else result.get("seconds")
+  if "seconds" in result:
+    return result["seconds"]
+  return result["row"]["train_seconds"] if result.get("row") else None
 
 
 def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: epath.PathLike) -> dict:

@@ -107,8 +107,8 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
     lines.append("| " + " | ".join(cells) + " |")
   caption = ("Final val MSE x1e-3 of the tuning runs (one seed) at each multiplier of"
              " train.optimizer.peak_lr; bold: chosen (lowest). Run time: each run from its"
-             " start to its final evaluation, compilation included (a run resumed after an"
-             " interruption counts its last part only).\n\n")
+             " start to its final evaluation (and GQ's conversion), compilation included (a"
+             " run resumed after an interruption counts its last part only).\n\n")
   total = {key: sum(row[key] for row in rows)
            for key in ("run_seconds", "num_runs", "untimed_runs")
            if all(key in row for row in rows)}
