@@ -369,12 +369,13 @@ def run_method(compare_config: ml_collections.ConfigDict, name: str, workdir: ep
   per_seed = [result["row"] for result in results]
   base_lr = float(compare_config.train.optimizer.peak_lr)
   row = summarize(per_seed)
-  seconds = [run_seconds(result) for result in tuned + results[1:]]
+  tuned_seconds = [run_seconds(result) for result in tuned]
+  seconds = tuned_seconds + [run_seconds(result) for result in results[1:]]
   row.update(lr_multiplier=chosen, peak_lr=per_seed[0]["peak_lr"], num_seeds=len(seeds),
              seeds=seeds, per_seed=per_seed,
              tuning=[dict(lr_multiplier=m, peak_lr=m * base_lr, seed=seeds[0], val_mse=mse,
-                          chosen=i == index, seconds=run_seconds(result))
-                     for i, (m, mse, result) in enumerate(zip(grid, val_mses, tuned))],
+                          chosen=i == index, seconds=elapsed)
+                     for i, (m, mse, elapsed) in enumerate(zip(grid, val_mses, tuned_seconds))],
              num_runs=len(seconds),
              run_seconds=sum(s for s in seconds if s is not None),
              untimed_runs=sum(s is None for s in seconds))

@@ -101,7 +101,7 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
       mse = entry["val_mse"]
       cell = "diverged" if mse is None else f"{1e3 * mse:.2f}"
       cells.append(f"**{cell}**" if entry["chosen"] else cell)
-      writer.writerow([row["method"]] + [("" if entry.get(key) is None else entry[key])
+      writer.writerow([row["method"]] + [("" if entry[key] is None else entry[key])
                                          for key in keys[1:]])
     cells.append(_run_time(row))
     lines.append("| " + " | ".join(cells) + " |")
@@ -110,18 +110,14 @@ def format_tuning(rows: Sequence[dict]) -> tuple[str, str]:
              " start to its final evaluation (and GQ's conversion), compilation included (a"
              " run resumed after an interruption counts its last part only).\n\n")
   total = {key: sum(row[key] for row in rows)
-           for key in ("run_seconds", "num_runs", "untimed_runs")
-           if all(key in row for row in rows)}
+           for key in ("run_seconds", "num_runs", "untimed_runs")}
   footer = f"\nAll methods: {_run_time(total)}.\n" if rows else ""
   return caption + "\n".join(lines) + "\n" + footer, buffer.getvalue()
 
 
 def _run_time(row: dict) -> str:
   """'1 h 05 min (12 runs)', with how many runs have no recorded time."""
-  if "run_seconds" not in row:  # A row saved before run times were summed.
-    return MISSING
-  untimed = row.get("untimed_runs", 0)
-  note = f", {untimed} untimed" if untimed else ""
+  note = f", {row['untimed_runs']} untimed" if row["untimed_runs"] else ""
   return f"{format_duration(row['run_seconds'])} ({row['num_runs']} runs{note})"
 
 

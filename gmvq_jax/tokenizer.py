@@ -312,7 +312,8 @@ def tokenize_split(workdir: str, *, split: str = "test", output: epath.PathLike 
     raise TokenizerError(f"--split={split!r}; allowed: {', '.join(registry.EVAL_SPLITS)}.")
   output = epath.Path(output or epath.Path(workdir) / TOKENS_SUBDIR / f"{split}.npz")
   output = token_files.check_output(output, overwrite)
-  token_files.refuse_existing([output.with_suffix(".json")], overwrite)
+  beside = output.with_suffix(".json")
+  token_files.refuse_existing([beside], overwrite)
   config, state, dataset = evaluation.restore_run(str(workdir))
   tokenizer = Tokenizer(config, state, codebook_seed=codebook_seed, prior_weight=prior_weight,
                         sampler=sampler)
@@ -328,7 +329,7 @@ def tokenize_split(workdir: str, *, split: str = "test", output: epath.PathLike 
   metadata = dict(tokenizer.metadata(tokens.shape[0]), split=split)
   output.parent.mkdir(parents=True, exist_ok=True)
   token_files.save(output, tokens, tokenizer.codebook_arrays, metadata)
-  token_files.write_json(output.with_suffix(".json"), metadata)
+  token_files.write_json(beside, metadata)
   return output, metadata
 
 
